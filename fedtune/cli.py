@@ -1,0 +1,106 @@
+"""``fedtune`` command line: simulate, generate, model prepare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulation import simulate
+
+    result = simulate(args.preset, args.set, args.out, quiet=args.quiet)
+    first, last = result.metrics[0], result.metrics[-1]
+    print(
+        f"\nfedtune: finished {last['round']} rounds in {result.seconds:.0f}s\n"
+        f"  eval accuracy  round 0: {first['eval_accuracy']:.1%}  ->  round {last['round']}: {last['eval_accuracy']:.1%}\n"
+        f"  results:  {result.out}\n"
+        f"  report:   {result.out / 'report.md'}\n"
+        f"  adapter:  {result.out / 'adapter'}"
+    )
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from peft import PeftModel
+
+    from .config import ModelConfig
+    from .data import PromptEncoder
+    from .evaluation import generate
+    from .model import load_base_model, load_tokenizer
+
+    adapter = Path(args.adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    meta_path = adapter / "fedtune.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    name = args.model or meta.get("model.name")
+    if not name:
+        raise ConfigError("cannot tell which base model this adapter belongs to: pass --model NAME")
+    model_cfg = ModelConfig(name=name)
+    tok = load_tokenizer(name)
+    model = PeftModel.from_pretrained(load_base_model(model_cfg), str(adapter))
+    messages = []
+    if args.system or meta.get("system"):
+        messages.append({"role": "system", "content": args.system or meta["system"]})
+    messages.append({"role": "user", "content": args.prompt})
+    print(generate(model, tok, PromptEncoder(tok, model_cfg.max_length), messages, args.max_new_tokens))
+    return 0
+
+
+def _cmd_model_prepare(args: argparse.Namespace) -> int:
+    from .model import resolve_model_path
+
+    print(resolve_model_path(args.name))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedtune", description="Federated, privacy-preserving LoRA fine-tuning on Flower")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="run a federated simulation preset on Flower's Simulation Runtime")
+    s.add_argument("preset", nargs="?", help="preset TOML (e.g. simulations/quickstart.toml); default: built-in defaults")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    s.add_argument("--out", help="results folder (default: runs/<timestamp>)")
+    s.add_argument("--quiet", action="store_true", help="do not stream Flower's log (it is still saved)")
+    s.set_defaults(func=_cmd_simulate)
+
+    g = sub.add_parser("generate", help="answer a prompt with the base model + a fine-tuned adapter")
+    g.add_argument("prompt")
+    g.add_argument("--adapter", required=True, help="adapter folder (e.g. runs/<ts>/adapter)")
+    g.add_argument("--model", help="base model (default: the one the adapter was trained on)")
+    g.add_argument("--system", help="system message (default: the one stored with the adapter, if any)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.set_defaults(func=_cmd_generate)
+
+    m = sub.add_parser("model", help="model utilities")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    mp = msub.add_parser("prepare", help="convert/cache a model once (default: the packaged SmolLM2)")
+    mp.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    mp.set_defaults(func=_cmd_model_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+    from .model import ModelError
+    from .simulation import SimulationError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelError, SimulationError) as exc:
+        print(f"fedtune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

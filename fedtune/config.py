@@ -1,0 +1,283 @@
+"""Typed run configuration, validated once at the edge.
+
+Flower hands the apps a *flat* ``run_config`` (``{"train.lr": 0.002, ...}``); presets are
+nested TOML tables that flatten to the same dotted keys.  Every key, its type, default,
+constraint and help text is declared exactly once, in the dataclasses below; the
+``[tool.flwr.app.config]`` table in ``pyproject.toml`` is checked against them by a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+Scalar = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which and how to fix it."""
+
+
+def _opt(default: Scalar, help: str, check: Callable[[Any], str | None] | None = None):
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _open_fraction(v: Any) -> str | None:
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _non_empty(v: Any) -> str | None:
+    return None if str(v).strip() else "must not be empty"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _opt(
+        "smollm2-135m-instruct",
+        "base model: 'smollm2-135m-instruct' (packaged, offline), a local HF folder or .gguf file, or a hub id",
+        _non_empty,
+    )
+    precision: str = _opt(
+        "bf16", "compute precision of forward/backward (LoRA weights and optimiser stay fp32)", _one_of("bf16", "fp32")
+    )
+    max_length: int = _opt(256, "max tokens per record (prompt is truncated from the left)", _positive)
+
+
+@dataclass(frozen=True)
+class LoraConfigSection:
+    r: int = _opt(8, "LoRA rank", _positive)
+    alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r)", _positive)
+    dropout: float = _opt(0.0, "LoRA dropout", lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    target_modules: str = _opt(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        "comma-separated module names that get LoRA (Llama-style defaults)",
+        _non_empty,
+    )
+
+    @property
+    def modules(self) -> list[str]:
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _opt(
+        "synthetic-triage",
+        "'synthetic-triage' (built-in demo records) or a JSONL file to split across simulated nodes",
+        _non_empty,
+    )
+    records: int = _opt(1600, "number of synthetic records generated in total (all nodes)", _positive)
+    eval_fraction: float = _opt(0.15, "fraction of each node's records held out for evaluation", _open_fraction)
+    partition: str = _opt("label-skew", "how simulation splits records across nodes", _one_of("label-skew", "iid"))
+    alpha: float = _opt(0.5, "Dirichlet concentration of the label skew (smaller = more skewed)", _positive)
+    seed: int = _opt(0, "seed of data generation and partitioning")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_steps: int = _opt(8, "optimiser steps per node per round", _positive)
+    batch_size: int = _opt(16, "records per step", _positive)
+    lr: float = _opt(2e-3, "AdamW learning rate on the node", _positive)
+    weight_decay: float = _opt(0.0, "AdamW weight decay", _non_negative)
+    eval_batch_size: int = _opt(32, "records per evaluation forward pass", _positive)
+    seed: int = _opt(0, "seed of adapter initialisation and batch sampling")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = _opt(3, "number of federated rounds", _positive)
+    min_nodes: int = _opt(2, "minimum nodes that must be connected (and reply) for a round", _positive)
+    fraction_train: float = _opt(1.0, "fraction of connected nodes sampled to train each round", _fraction)
+    server_lr: float = _opt(1.0, "server step size applied to the averaged delta (1.0 = FedAvg)", _positive)
+    round_timeout: float = _opt(1800.0, "seconds to wait for node replies in a round", _positive)
+    node_wait_timeout: float = _opt(120.0, "seconds to wait for min-nodes to connect", _positive)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = _opt("", "results folder (absolute); empty = runs/<timestamp> under the current directory")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run configuration, one section per concern."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfigSection = field(default_factory=LoraConfigSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # -- flat <-> typed -------------------------------------------------------------
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> "RunConfig":
+        """Build from dotted keys (Flower run_config); unknown keys and bad values raise ConfigError."""
+        known = _known_keys()
+        sections: dict[str, dict[str, Any]] = {s.name: {} for s in dataclasses.fields(cls)}
+        for key, value in flat.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                raise ConfigError(
+                    f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                    + f". Known keys: {', '.join(sorted(known))}"
+                )
+            section, fname = known[key]
+            sections[section][fname] = _coerce(key, value, _field_type(section, fname))
+        built = {}
+        for s in dataclasses.fields(cls):
+            sub = s.default_factory()  # type: ignore[misc]
+            built[s.name] = dataclasses.replace(sub, **sections[s.name])
+        cfg = cls(**built)
+        cfg.validate()
+        return cfg
+
+    def to_flat(self) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {}
+        for s in dataclasses.fields(self):
+            sub = getattr(self, s.name)
+            for f in dataclasses.fields(sub):
+                out[f"{s.name}.{f.name.replace('_', '-')}"] = getattr(sub, f.name)
+        return out
+
+    def validate(self) -> None:
+        for s in dataclasses.fields(self):
+            sub = getattr(self, s.name)
+            for f in dataclasses.fields(sub):
+                check = f.metadata.get("check")
+                value = getattr(sub, f.name)
+                problem = check(value) if check else None
+                if problem:
+                    key = f"{s.name}.{f.name.replace('_', '-')}"
+                    raise ConfigError(
+                        f"{key} {problem} (got {value!r}). {f.metadata['help']}. "
+                        f"Fix it in the preset or with --set {key}=VALUE"
+                    )
+        if not self.lora.modules:
+            raise ConfigError("lora.target-modules lists no module names; e.g. 'q_proj,v_proj'")
+
+
+def _field_type(section: str, fname: str) -> type:
+    return type(getattr(getattr(RunConfig(), section), fname))
+
+
+def _known_keys() -> dict[str, tuple[str, str]]:
+    """Dotted key -> (section, dataclass field name)."""
+    out = {}
+    for key in RunConfig().to_flat():
+        section, name = key.split(".", 1)
+        out[key] = (section, name.replace("-", "_"))
+    return out
+
+
+def _coerce(key: str, value: Any, typ: type) -> Scalar:
+    """Accept the value if it fits the declared type; ints are fine where floats are expected."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be of type {typ.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables -> dotted keys, the way Flower flattens [tool.flwr.app.config]."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value``; the value is read as TOML, bare words as strings."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = (p.strip() for p in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A simulation preset: run-config values plus how many nodes to simulate."""
+
+    values: dict[str, Any]
+    num_nodes: int
+    cpus_per_node: int | None = None  # CPU cores per simulated node (None = all cores, one node at a time)
+    path: Path | None = None
+
+
+def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> tuple[RunConfig, Preset]:
+    """Read a preset TOML (``[simulation]`` nodes/cpus-per-node + config tables), apply ``--set``, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"preset file not found: {p}. Presets live in simulations/, e.g. simulations/quickstart.toml")
+        try:
+            tree = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+    sim = dict(tree.pop("simulation", {}))
+    flat = flatten(tree)
+    for item in overrides or []:
+        key, value = parse_assignment(item)
+        if key.startswith("simulation."):
+            sim[key.split(".", 1)[1]] = value
+        else:
+            flat[key] = value
+    nodes = sim.pop("nodes", 4)
+    cpus = sim.pop("cpus-per-node", None)
+    if sim:
+        raise ConfigError(f"unknown [simulation] keys {sorted(sim)}; supported: nodes, cpus-per-node")
+    for key, value in (("nodes", nodes), ("cpus-per-node", cpus)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"simulation.{key} must be a positive integer, got {value!r}")
+    cfg = RunConfig.from_flat(flat)
+    if cfg.federation.min_nodes > nodes:
+        raise ConfigError(
+            f"federation.min-nodes={cfg.federation.min_nodes} exceeds simulation.nodes={nodes}: "
+            "no round could ever start. Lower min-nodes or simulate more nodes"
+        )
+    return cfg, Preset(values=flat, num_nodes=nodes, cpus_per_node=cpus, path=Path(path) if path else None)

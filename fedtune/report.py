@@ -1,0 +1,106 @@
+"""Results a person can read: ``metrics.jsonl`` (one object per round) and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .files import atomic_write_text
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class RunRecorder:
+    """Appends one JSON line per round and renders the Markdown report at the end."""
+
+    def __init__(self, out_dir: str | Path, meta: Mapping[str, Any]):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.meta = dict(meta)
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.records: list[dict] = []
+        atomic_write_text(self.out / "run.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.metrics_path, "")
+
+    def log_round(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True)
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records.append(dict(record))
+
+    def finish(self, extra: Mapping[str, Any] | None = None) -> Path:
+        path = self.out / "report.md"
+        atomic_write_text(path, render_report(self.records, self.meta, extra or {}))
+        return path
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "–" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
+    cfg = meta.get("config", {})
+    lines = ["# fedtune run report", ""]
+    if records:
+        first, last = records[0], records[-1]
+        gain = (last["eval_accuracy"] - first["eval_accuracy"]) * 100
+        lines += [
+            f"Held-out exact-match accuracy went from **{first['eval_accuracy']:.1%}** (round 0, base model) "
+            f"to **{last['eval_accuracy']:.1%}** after round {last['round']} ({gain:+.1f} points).", "",
+        ]
+    lines += ["## What was run", "", "| setting | value |", "| --- | --- |"]
+    for key in ("started", "nodes_connected", "seconds_total"):
+        if key in meta or key in extra:
+            lines.append(f"| {key.replace('_', ' ')} | {extra.get(key, meta.get(key))} |")
+    for key, value in sorted(cfg.items()):
+        lines.append(f"| `{key}` | `{value}` |")
+    lines += [
+        "", "## Rounds", "",
+        "Round 0 evaluates the initial adapter (LoRA B = 0, i.e. exactly the base model). Accuracy is exact "
+        "match of the greedy answer on every node's held-out records, weighted by their counts.", "",
+        "| round | eval accuracy | eval loss | train loss | nodes trained | bytes sent (all nodes) | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in records:
+        nodes = r.get("nodes", {})
+        trained = [n for n in nodes.values() if n.get("status") == "ok" and "train_loss" in n]
+        sent = sum(n.get("bytes_sent", 0) for n in trained)
+        lines.append(
+            f"| {r['round']} | {_fmt(r.get('eval_accuracy'), '.1%')} | {_fmt(r.get('eval_loss'))} | "
+            f"{_fmt(r.get('train_loss'))} | {len(trained) if r['round'] else '–'} | "
+            f"{sent if r['round'] else '–'} | {_fmt(r.get('seconds'), '.1f')} |"
+        )
+    if records and records[-1].get("nodes"):
+        lines += [
+            "", f"## Nodes in the last round ({records[-1]['round']})", "",
+            "| node | name | status | train records | train loss | eval accuracy | eval loss | bytes sent | train seconds |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for nid, n in sorted(records[-1]["nodes"].items()):
+            lines.append(
+                f"| {nid} | {n.get('name', '')} | {n.get('status', '')} | {_fmt(n.get('examples'), 'd')} | "
+                f"{_fmt(n.get('train_loss'))} | {_fmt(n.get('eval_accuracy'), '.1%')} | {_fmt(n.get('eval_loss'))} | "
+                f"{_fmt(n.get('bytes_sent'), 'd')} | {_fmt(n.get('train_seconds'), '.1f')} |"
+            )
+    failures = [(r["round"], nid, n.get("error", "")) for r in records for nid, n in r.get("nodes", {}).items()
+                if n.get("status") not in (None, "ok")]
+    if failures:
+        lines += ["", "## Node failures", "", "| round | node | reason |", "| ---: | --- | --- |"]
+        lines += [f"| {rnd} | {nid} | {str(err)[:200]} |" for rnd, nid, err in failures]
+    if extra.get("adapter"):
+        lines += [
+            "", "## Final adapter", "",
+            f"`{extra['adapter']}` is a PEFT LoRA folder (only adapter tensors, no base weights):", "",
+            "```python",
+            "from peft import PeftModel",
+            "model = PeftModel.from_pretrained(base_model, \"" + str(extra["adapter"]) + "\")",
+            "```", "",
+            f"or `fedtune generate --adapter {extra['adapter']} \"your prompt\"`.",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,167 @@
+"""Run a preset on Flower's Simulation Runtime: ``flwr run`` against a managed local SuperLink.
+
+Each run gets its own Flower home inside the results folder (``<out>/.flwr``: the SuperLink's
+state database and log stay with the results), free loopback ports (parallel runs do not
+collide), runtime dependency installation disabled (it would ``uv sync`` a CUDA torch), and
+the SuperLink is always stopped afterwards - also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import Preset, RunConfig, load_preset
+from .model import resolve_model_path
+from .report import read_metrics
+
+APP_DIR = Path(__file__).resolve().parent.parent  # the checkout whose pyproject.toml declares the Flower app
+
+
+class SimulationError(RuntimeError):
+    pass
+
+
+@dataclass
+class SimulationResult:
+    out: Path
+    metrics: list[dict]
+    seconds: float
+
+    @property
+    def first_accuracy(self) -> float:
+        return self.metrics[0]["eval_accuracy"]
+
+    @property
+    def last_accuracy(self) -> float:
+        return self.metrics[-1]["eval_accuracy"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_value(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, float) else repr(v)  # JSON str/bool/int are valid TOML
+
+
+def write_run_config(flat: dict[str, Any], path: Path) -> None:
+    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(flat.items())), encoding="utf-8")
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "RAY_DEDUP_LOGS": "0",
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-"),  # short: Ray's socket paths have a length limit
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # flwr spawns its tools by name
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _superlink_pids(db_path: Path) -> list[int]:
+    """PIDs of the SuperLink serving this run's database (unique per run)."""
+    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{db_path}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def stop_superlink(home: Path, timeout: float = 15.0) -> None:
+    pids = _superlink_pids(home / "local-superlink" / "state.db")
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)  # SuperLink stops its SuperExec, the simulation and Ray
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.2)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _run_status(env: dict[str, str], cwd: Path) -> tuple[str, str]:
+    out = subprocess.run(["flwr", "ls", "--format", "json"], env=env, cwd=cwd, capture_output=True, text=True)
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return "unknown", out.stdout[-500:] + out.stderr[-500:]
+    if not runs:
+        return "unknown", "no run recorded"
+    last = runs[-1]
+    return str(last.get("status", "unknown")), str(last.get("status-details", last.get("details", "")))
+
+
+def simulate(
+    preset: str | Path | None = None, overrides: list[str] | None = None, out: str | Path | None = None,
+    quiet: bool = False,
+) -> SimulationResult:
+    """Run a federated simulation end to end and return where its results are."""
+    cfg, info = load_preset(preset, overrides)
+    return run_simulation_config(cfg, info, out, quiet)
+
+
+def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, quiet: bool) -> SimulationResult:
+    if not (APP_DIR / "pyproject.toml").is_file():
+        raise SimulationError(f"fedtune simulate runs the Flower app from a source checkout; {APP_DIR} has no pyproject.toml")
+    out_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolve_model_path(cfg.model.name)  # convert/cache the model once here, not in every process
+    flat = cfg.to_flat()
+    flat["output.dir"] = str(out_dir)
+    run_config = out_dir / "run-config.toml"
+    write_run_config(flat, run_config)
+    home = out_dir / ".flwr"
+    home.mkdir(exist_ok=True)
+    env = flower_env(home)
+    cpus = info.cpus_per_node or os.cpu_count() or 1
+    federation = f"num-supernodes={info.num_nodes} client-resources-num-cpus={cpus} init-args-log-to-driver=false"
+    cmd = ["flwr", "run", str(APP_DIR), "--stream", "--federation-config", federation, "--run-config", str(run_config)]
+    log_path = out_dir / "simulation.log"
+    start = time.monotonic()
+    try:
+        with log_path.open("w", encoding="utf-8") as log:
+            proc = subprocess.Popen(cmd, env=env, cwd=out_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if not quiet:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            proc.wait()
+        status, details = _run_status(env, out_dir)
+    finally:
+        stop_superlink(home)
+    metrics_path = out_dir / "metrics.jsonl"
+    if proc.returncode != 0 or "failed" in status or not (out_dir / "report.md").is_file():
+        raise SimulationError(
+            f"simulation did not finish (flwr exit {proc.returncode}, run status {status}: {details}). "
+            f"Full log: {log_path}"
+        )
+    return SimulationResult(out_dir, read_metrics(metrics_path), time.monotonic() - start)

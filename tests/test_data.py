@@ -1,0 +1,99 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fedtune.data import DEPARTMENTS, DataError, Example, generate_triage, load_jsonl, partition, train_eval_split, write_jsonl
+from fedtune.node import node_examples
+from fedtune.config import DataConfig
+
+
+def test_synthetic_triage_is_deterministic_balanced_and_varied():
+    a, b, c = generate_triage(600, seed=1), generate_triage(600, seed=1), generate_triage(600, seed=2)
+    assert a == b and a != c
+    counts = Counter(e.label for e in a)
+    assert set(counts) == set(DEPARTMENTS) and max(counts.values()) - min(counts.values()) <= 1
+    notes = {e.messages[-1]["content"] for e in a}
+    assert len(notes) == len(a)  # no two records alike
+    assert all(e.completion == e.label for e in a)
+
+
+def test_label_skew_partition_is_disjoint_complete_skewed_and_reproducible():
+    ex = generate_triage(1200, seed=0)
+    parts = partition(ex, 4, "label-skew", alpha=0.5, seed=3)
+    flat = sorted(i for p in parts for i in p)
+    assert flat == list(range(len(ex)))  # every record exactly once
+    assert parts == partition(ex, 4, "label-skew", alpha=0.5, seed=3)
+    # Skew: total-variation distance of each node's label mix from uniform is, on average, far
+    # above what an IID split of the same records gives (Dirichlet sizes vary, so a large node
+    # can come out near-uniform; the average is the honest statistic).
+    def mean_tv(parts):
+        uniform = np.full(len(DEPARTMENTS), 1 / len(DEPARTMENTS))
+        tvs = []
+        for p in parts:
+            c = Counter(ex[i].label for i in p)
+            tvs.append(0.5 * np.abs(np.array([c[d] for d in DEPARTMENTS]) / len(p) - uniform).sum())
+        return float(np.mean(tvs))
+
+    iid_parts = partition(ex, 4, "iid", alpha=0.5, seed=3)
+    assert mean_tv(parts) > 0.2 and mean_tv(parts) > 4 * mean_tv(iid_parts)
+    assert sorted(len(p) for p in iid_parts) == [300] * 4
+
+
+def test_train_eval_split_is_disjoint():
+    items = list(range(50))
+    train, held = train_eval_split(items, 0.2, seed=0)
+    assert len(held) == 10 and sorted(train + held) == items
+    with pytest.raises(ValueError):
+        train_eval_split([1], 0.2, 0)
+
+
+def test_simulated_nodes_get_their_partition_and_a_held_out_split():
+    cfg = DataConfig(records=240)
+    seen = []
+    for pid in range(3):
+        name, train, held = node_examples(cfg, {"partition-id": pid, "num-partitions": 3})
+        assert name == f"hospital-{pid}" and train and held
+        assert not set(map(id, train)) & set(map(id, held))
+        seen += train + held
+    assert len(seen) == 240
+
+
+def test_jsonl_chat_and_prompt_completion(tmp_path):
+    f = tmp_path / "data.jsonl"
+    f.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n\n"
+        + json.dumps({"prompt": "2+2?", "completion": "4", "label": 4}) + "\n"
+    )
+    a, b = load_jsonl(f)
+    assert a == Example(({"role": "user", "content": "hi"},), "hello")
+    assert b.messages == ({"role": "user", "content": "2+2?"},) and b.completion == "4" and b.label == "4"
+    write_jsonl([a, b], tmp_path / "out.jsonl")
+    assert load_jsonl(tmp_path / "out.jsonl") == [a, b]
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("{not json", "line 2: bad JSON"),
+        ('{"text": "x"}', "line 2: record has neither"),
+        ('{"prompt": "", "completion": "x"}', "line 2: 'prompt' must be a non-empty string"),
+        ('{"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}', "line 2: the last message"),
+        ('[1, 2]', "line 2: expected a JSON object"),
+    ],
+)
+def test_jsonl_errors_name_the_line(tmp_path, line, expected):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt": "ok", "completion": "ok"}\n' + line + "\n")
+    with pytest.raises(DataError, match=expected):
+        load_jsonl(f)
+
+
+def test_jsonl_non_utf8_and_missing(tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"prompt": "caf\xe9", "completion": "x"}\n')
+    with pytest.raises(DataError, match="line 1: not valid UTF-8"):
+        load_jsonl(f)
+    with pytest.raises(DataError, match="data file not found"):
+        load_jsonl(tmp_path / "nope.jsonl")
