@@ -1,4 +1,4 @@
-"""``fedtune`` command line: simulate, generate, model prepare."""
+"""``fedtune`` command line: simulate, generate, privacy show, model prepare."""
 
 from __future__ import annotations
 
@@ -52,6 +52,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_privacy_show(args: argparse.Namespace) -> int:
+    from .privacy.ledger import show_ledgers
+
+    print(show_ledgers(Path(args.state)))
+    return 0
+
+
 def _cmd_model_prepare(args: argparse.Namespace) -> int:
     from .model import resolve_model_path
 
@@ -78,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.set_defaults(func=_cmd_generate)
 
+    pv = sub.add_parser("privacy", help="a node's privacy ledger")
+    pvsub = pv.add_subparsers(dest="privacy_command", required=True)
+    ps = pvsub.add_parser("show", help="print the privacy ledger(s) kept in a node's state directory")
+    ps.add_argument("--state", required=True, help="the node's state directory (searched recursively)")
+    ps.set_defaults(func=_cmd_privacy_show)
+
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", required=True)
     mp = msub.add_parser("prepare", help="convert/cache a model once (default: the packaged SmolLM2)")
@@ -90,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
     from .model import ModelError
+    from .privacy.ledger import LedgerError
     from .simulation import SimulationError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, SimulationError) as exc:
+    except (ConfigError, DataError, ModelError, SimulationError, LedgerError) as exc:
         print(f"fedtune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""The node's Flower ClientApp: train on local records, evaluate, send back only the LoRA delta."""
+"""The node's Flower ClientApp: train on local records (DP-SGD by default), evaluate, and send
+back only the LoRA delta.  The node's privacy budget and ledger are its own (privacy/guard.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from .config import RunConfig
 from .evaluation import evaluate
 from .messages import error_reply, from_record, to_record
 from .node import cached_model, node_data
+from .privacy import DPStepper, plan_round
+from .privacy.guard import BUDGET_EXHAUSTED
 from .training import train_local
 
 app = ClientApp()
@@ -27,21 +30,38 @@ def _prepare(msg: Message, context: Context):
     return cfg, model, encoder, data, global_arrays
 
 
+def _reply(msg: Message, name: str, status: str, metrics: dict, update=None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord({"name": name, "status": status})})
+    if update is not None:
+        content["delta"] = update
+    return Message(content, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     try:
         cfg, model, encoder, data, global_arrays = _prepare(msg, context)
         rnd = int(msg.content["config"]["round"])
+        metrics: dict = {"examples": len(data.train), "num_records": len(data.train)}
+        stepper = privacy = None
+        if cfg.privacy.enabled:
+            privacy = plan_round(cfg, context.node_config, data.name, data.fingerprint, len(data.train))
+            metrics.update(delta=privacy.ledger.delta, max_epsilon=privacy.max_epsilon,
+                           noise_multiplier=privacy.plan.noise_multiplier, sample_rate=privacy.plan.sample_rate)
+            if not privacy.allowed:  # the node's own budget decides; nothing is trained or sent
+                metrics.update(epsilon=privacy.epsilon_before, epsilon_if_trained=privacy.epsilon_after)
+                return _reply(msg, data.name, BUDGET_EXHAUSTED, metrics)
+            stepper = DPStepper(model, len(data.train), cfg.train, privacy.plan, cfg.privacy.clipping)
         seed = int(np.random.SeedSequence([cfg.train.seed, rnd, zlib.crc32(data.name.encode())]).generate_state(1)[0])
-        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed)
+        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper)
         update = to_record(delta(get_adapter_arrays(model), global_arrays))
+        if privacy is not None:  # persist the spent budget before the update leaves the node
+            metrics["epsilon"] = privacy.ledger.record(privacy.plan.segment, round=rnd, run_id=int(context.run_id))
     except Exception as exc:  # noqa: BLE001 - report to the server, never take the federation down
         return error_reply(msg, exc)
-    metrics = MetricRecord({
-        "train_loss": result.loss, "examples": len(data.train), "steps": result.steps,
-        "train_seconds": result.seconds, "bytes_sent": update.count_bytes(),
-    })
-    return Message(RecordDict({"delta": update, "metrics": metrics, "info": ConfigRecord({"name": data.name})}), reply_to=msg)
+    metrics.update(train_loss=result.loss, steps=result.steps, samples=result.samples,
+                   train_seconds=result.seconds, bytes_sent=update.count_bytes())
+    return _reply(msg, data.name, "ok", metrics, update)
 
 
 @app.evaluate()
@@ -51,5 +71,5 @@ def evaluate_adapter(msg: Message, context: Context) -> Message:
         result = evaluate(model, encoder, data.eval, cfg.train.eval_batch_size, cfg.model.precision)
     except Exception as exc:  # noqa: BLE001
         return error_reply(msg, exc)
-    metrics = MetricRecord({"eval_loss": result.loss, "eval_accuracy": result.accuracy, "eval_examples": result.examples})
-    return Message(RecordDict({"metrics": metrics, "info": ConfigRecord({"name": data.name})}), reply_to=msg)
+    metrics = {"eval_loss": result.loss, "eval_accuracy": result.accuracy, "eval_examples": result.examples}
+    return _reply(msg, data.name, "ok", metrics)

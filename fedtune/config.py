@@ -68,12 +68,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LoraConfigSection:
-    r: int = _opt(8, "LoRA rank", _positive)
+    r: int = _opt(4, "LoRA rank", _positive)
     alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r)", _positive)
     dropout: float = _opt(0.0, "LoRA dropout", lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     target_modules: str = _opt(
-        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        "comma-separated module names that get LoRA (Llama-style defaults)",
+        "q_proj,v_proj",
+        "comma-separated module names that get LoRA (Llama-style names; all projections: "
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
         _non_empty,
     )
 
@@ -90,7 +91,7 @@ class DataConfig:
         _non_empty,
     )
     records: int = _opt(1600, "number of synthetic records generated in total (all nodes)", _positive)
-    eval_fraction: float = _opt(0.15, "fraction of each node's records held out for evaluation", _open_fraction)
+    eval_fraction: float = _opt(0.1, "fraction of each node's records held out for evaluation", _open_fraction)
     partition: str = _opt("label-skew", "how simulation splits records across nodes", _one_of("label-skew", "iid"))
     alpha: float = _opt(0.5, "Dirichlet concentration of the label skew (smaller = more skewed)", _positive)
     seed: int = _opt(0, "seed of data generation and partitioning")
@@ -98,9 +99,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    local_steps: int = _opt(8, "optimiser steps per node per round", _positive)
-    batch_size: int = _opt(16, "records per step", _positive)
-    lr: float = _opt(2e-3, "AdamW learning rate on the node", _positive)
+    local_steps: int = _opt(3, "optimiser steps per node per round", _positive)
+    batch_size: int = _opt(32, "records per step (under DP: the expected size of a Poisson batch)", _positive)
+    lr: float = _opt(0.01, "AdamW learning rate on the node", _positive)
     weight_decay: float = _opt(0.0, "AdamW weight decay", _non_negative)
     eval_batch_size: int = _opt(32, "records per evaluation forward pass", _positive)
     seed: int = _opt(0, "seed of adapter initialisation and batch sampling")
@@ -117,6 +118,23 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    enabled: bool = _opt(True, "record-level DP-SGD (Opacus) on every node; false only for comparison")
+    target_epsilon: float = _opt(
+        8.0, "ε each node spends over the planned rounds (Opacus derives σ); used when noise-multiplier = 0", _non_negative
+    )
+    noise_multiplier: float = _opt(0.0, "σ of DP-SGD; 0 = derive it from target-epsilon", _non_negative)
+    max_grad_norm: float = _opt(1.0, "per-sample gradient clipping bound C", _positive)
+    delta: float = _opt(0.0, "δ; 0 = 0.1 / (node's training records). Must be < 1 / records", _non_negative)
+    accountant: str = _opt("rdp", "privacy accountant", _one_of("rdp", "prv"))
+    clipping: str = _opt("hooks", "Opacus per-sample gradient mode: hooks (fastest for LoRA) or ghost", _one_of("hooks", "ghost"))
+    simulated_max_epsilon: float = _opt(
+        8.0, "budget of *simulated* nodes only; a deployed node's budget is its own node config 'max-epsilon'", _positive
+    )
+    state_dir: str = _opt("", "simulation only: where simulated nodes keep ledgers; empty = <output.dir>/node-state")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = _opt("", "results folder (absolute); empty = runs/<timestamp> under the current directory")
 
@@ -130,6 +148,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     # -- flat <-> typed -------------------------------------------------------------
@@ -178,6 +197,15 @@ class RunConfig:
                     )
         if not self.lora.modules:
             raise ConfigError("lora.target-modules lists no module names; e.g. 'q_proj,v_proj'")
+        p = self.privacy
+        if p.enabled and p.noise_multiplier == 0 and p.target_epsilon == 0:
+            raise ConfigError("privacy: set privacy.target-epsilon > 0 or privacy.noise-multiplier > 0 (or privacy.enabled=false)")
+        if p.enabled and p.clipping == "ghost" and self.model.precision != "fp32":
+            raise ConfigError(
+                "privacy.clipping=ghost computes per-sample gradient norms in the compute precision, and bf16 norms "
+                "can exceed the clipping bound (breaking the DP guarantee). Use model.precision=fp32 with ghost, "
+                "or privacy.clipping=hooks (fp32 clipping at any precision)"
+            )
 
 
 def _field_type(section: str, fname: str) -> type:

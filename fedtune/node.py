@@ -16,6 +16,7 @@ from typing import Mapping
 from .config import DataConfig, LoraConfigSection, ModelConfig, RunConfig
 from .data import DataError, Encoded, Example, PromptEncoder, generate_triage, load_jsonl, partition, train_eval_split
 from .model import add_lora, load_base_model, load_tokenizer
+from .privacy.ledger import dataset_fingerprint
 
 SYNTHETIC_TRIAGE = "synthetic-triage"
 
@@ -25,6 +26,7 @@ class NodeData:
     name: str
     train: list[Encoded]
     eval: list[Encoded]
+    fingerprint: str  # of the training records: keys the node's privacy ledger
 
 
 def simulation_pool(cfg: DataConfig) -> list[Example]:
@@ -65,7 +67,7 @@ def cached_model(model_cfg: ModelConfig, lora_cfg: LoraConfigSection, seed: int)
 def _cached_node_data(cfg: RunConfig, node_items: tuple) -> NodeData:
     _, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
     name, train, held_out = node_examples(cfg.data, dict(node_items))
-    return NodeData(name, encoder.encode_all(train), encoder.encode_all(held_out))
+    return NodeData(name, encoder.encode_all(train), encoder.encode_all(held_out), dataset_fingerprint(train))
 
 
 def node_data(cfg: RunConfig, node_config: Mapping[str, object]) -> NodeData:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .files import atomic_write_text
+from .privacy.guard import BUDGET_EXHAUSTED
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -88,8 +89,9 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
                 f"{_fmt(n.get('train_loss'))} | {_fmt(n.get('eval_accuracy'), '.1%')} | {_fmt(n.get('eval_loss'))} | "
                 f"{_fmt(n.get('bytes_sent'), 'd')} | {_fmt(n.get('train_seconds'), '.1f')} |"
             )
-    failures = [(r["round"], nid, n.get("error", "")) for r in records for nid, n in r.get("nodes", {}).items()
-                if n.get("status") not in (None, "ok")]
+    lines += _privacy_section(records, meta.get("config", {}))
+    failures = [(r["round"], n.get("name", nid), n.get("error", n.get("status"))) for r in records
+                for nid, n in r.get("nodes", {}).items() if n.get("status") not in (None, "ok", BUDGET_EXHAUSTED)]
     if failures:
         lines += ["", "## Node failures", "", "| round | node | reason |", "| ---: | --- | --- |"]
         lines += [f"| {rnd} | {nid} | {str(err)[:200]} |" for rnd, nid, err in failures]
@@ -104,3 +106,49 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
             f"or `fedtune generate --adapter {extra['adapter']} \"your prompt\"`.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _privacy_section(records: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any]) -> list[str]:
+    if not cfg.get("privacy.enabled"):
+        return ["", "## Privacy", "", "Differential privacy was **off** for this run (`privacy.enabled = false`)."]
+    lines = [
+        "", "## Privacy (record-level DP-SGD per node)", "",
+        f"Opacus DP-SGD on the LoRA parameters: Poisson sampling, per-sample clipping to "
+        f"C = {cfg.get('privacy.max-grad-norm')}, Gaussian noise; accountant **{str(cfg.get('privacy.accountant')).upper()}**; "
+        f"per-sample gradients via `{cfg.get('privacy.clipping')}`. ε is each node's total from its own ledger "
+        "(all rounds it ever trained on this dataset), at that node's δ. Evaluation metrics on held-out records "
+        "are not covered by ε.", "",
+    ]
+    names = {nid: n.get("name", nid) for r in records for nid, n in r.get("nodes", {}).items()}
+    order = sorted(names, key=lambda k: names[k])
+    lines += ["| round | " + " | ".join(names[k] for k in order) + " |", "| ---: |" + " ---: |" * len(order)]
+    for r in records[1:]:
+        cells = []
+        for k in order:
+            n = r.get("nodes", {}).get(k, {})
+            eps = n.get("epsilon")
+            cell = "–" if eps is None else f"ε={eps:.3f}"
+            if n.get("status") not in (None, "ok"):
+                cell += f" ({n['status']})"
+            cells.append(cell)
+        lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
+    last = {}
+    for r in records[1:]:
+        for k, n in r.get("nodes", {}).items():
+            if "delta" in n:
+                last[k] = n
+    if last:
+        lines += ["", "| node | records N | δ | σ | q | budget (max ε) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for k in order:
+            if k in last:
+                n = last[k]
+                lines.append(f"| {names[k]} | {n.get('num_records')} | {n['delta']:.2e} | {n.get('noise_multiplier', 0):.3f} | "
+                             f"{n.get('sample_rate', 0):.4f} | {n.get('max_epsilon')} |")
+    stopped = [(r["round"], names[k]) for r in records for k, n in r.get("nodes", {}).items() if n.get("status") == BUDGET_EXHAUSTED]
+    if stopped:
+        first: dict[str, int] = {}
+        for rnd, name in stopped:
+            first.setdefault(name, rnd)
+        lines += ["", "Nodes that stopped training because their own budget was spent: "
+                  + ", ".join(f"{name} (from round {rnd})" for name, rnd in sorted(first.items())) + "."]
+    return lines

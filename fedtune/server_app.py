@@ -72,9 +72,16 @@ class Coordinator:
                 entry.update(status="error", error=f"{stage}: {error_text(reply)}")
                 log(WARNING, "[round %d] node %s failed %s: %s", rnd, nid, stage, entry["error"])
                 return
-            entry.setdefault("status", "ok")
-            entry["name"] = str(reply.content["info"]["name"])
+            info = reply.content["info"]
+            entry["name"] = str(info["name"])
             entry.update({k: v for k, v in reply.content["metrics"].items()})
+            status = str(info["status"])
+            if status != "ok":  # e.g. the node's privacy budget is spent: it declined, the round goes on
+                entry["status"] = status
+                log(WARNING, "[round %d] %s declined %s: %s (epsilon %.3f of its budget %.3f)", rnd, entry["name"],
+                    stage, status, entry.get("epsilon", float("nan")), entry.get("max_epsilon", float("nan")))
+                return
+            entry.setdefault("status", "ok")
             on_ok(reply, entry)
 
         replies = exchange(self.grid, msgs, self.cfg.federation.round_timeout, handle)
@@ -115,8 +122,9 @@ class Coordinator:
                 log(WARNING, "[round %d] rejected update from %s: %s", rnd, e["name"], exc)
                 return
             updates.append((d, float(e["examples"])))
-            log(INFO, "[round %d] %s trained: loss %.3f, %d steps, %.1fs, sent %d bytes", rnd, e["name"],
-                e["train_loss"], e["steps"], e["train_seconds"], e["bytes_sent"])
+            privacy = f", epsilon {e['epsilon']:.3f} (delta {e['delta']:.1e})" if "epsilon" in e else ""
+            log(INFO, "[round %d] %s trained: loss %.3f, %d steps, %.1fs, sent %d bytes%s", rnd, e["name"],
+                e["train_loss"], e["steps"], e["train_seconds"], e["bytes_sent"], privacy)
 
         log(INFO, "[round %d/%d] training on %d of %d nodes", rnd, fed.rounds, len(sampled), len(connected))
         self._send(sampled, MessageType.TRAIN, rnd, nodes, done)

@@ -1,10 +1,16 @@
-"""Local training on one node: k AdamW steps on the LoRA parameters, per-sample loss."""
+"""Local training on one node: k optimiser steps on the LoRA parameters, per-sample loss.
+
+The loop is the same with and without differential privacy; what differs is the *stepper*:
+how batches are drawn and how a step turns per-sample losses into an update.
+``PlainStepper`` draws shuffled fixed-size batches and runs AdamW; the DP stepper
+(``fedtune.privacy.dp_sgd.DPStepper``) draws Poisson batches and runs Opacus DP-SGD.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -18,10 +24,24 @@ from .objective import per_sample_forward
 
 @dataclass
 class TrainResult:
-    loss: float  # mean per-sample loss over all steps
+    loss: float  # mean per-sample loss over all non-empty steps
     steps: int
     samples: int  # samples processed (sum of batch sizes)
     seconds: float
+
+
+class Stepper(Protocol):
+    def batches(self) -> Iterator[np.ndarray]:
+        """Endless stream of record-index batches."""
+
+    def step(self, losses: torch.Tensor) -> None:
+        """Backward the per-sample losses of one batch and update the adapter."""
+
+    def step_empty(self) -> None:
+        """Update on an empty batch (possible under Poisson sampling)."""
+
+    def close(self) -> None:
+        ...
 
 
 def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -33,6 +53,29 @@ def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> Itera
             yield order[start:start + size]
 
 
+class PlainStepper:
+    """Non-private AdamW on shuffled fixed-size batches."""
+
+    def __init__(self, model, num_records: int, cfg: TrainConfig, seed: int):
+        params = list(adapter_parameters(model).values())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self._batches = shuffled_batches(num_records, cfg.batch_size, np.random.default_rng(seed))
+
+    def batches(self) -> Iterator[np.ndarray]:
+        return self._batches
+
+    def step(self, losses: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        self.optimizer.step()
+
+    def step_empty(self) -> None:  # fixed-size batches are never empty
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        pass
+
+
 def train_local(
     model,
     encoder: PromptEncoder,
@@ -40,27 +83,31 @@ def train_local(
     cfg: TrainConfig,
     precision: str,
     seed: int,
+    stepper: Stepper | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train the adapter in place for ``cfg.local_steps`` steps; return loss and timing."""
     if not data:
         raise ValueError("no training records on this node")
-    params = list(adapter_parameters(model).values())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(seed)
-    batches = shuffled_batches(len(data), cfg.batch_size, rng)
+    stepper = stepper or PlainStepper(model, len(data), cfg, seed)
+    batches = stepper.batches()
     model.train()
     start, losses, samples = time.perf_counter(), [], 0
-    for step in range(1, cfg.local_steps + 1):
-        idx = next(batches)
-        batch = encoder.collate([data[i] for i in idx]).to(device())
-        loss = per_sample_forward(model, batch, precision).losses.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        samples += len(idx)
-        if progress:
-            progress(step, losses[-1])
-    model.eval()
-    return TrainResult(float(np.mean(losses)), cfg.local_steps, samples, time.perf_counter() - start)
+    try:
+        for step in range(1, cfg.local_steps + 1):
+            idx = next(batches)
+            if len(idx) == 0:
+                stepper.step_empty()
+                continue
+            batch = encoder.collate([data[i] for i in idx]).to(device())
+            per_sample = per_sample_forward(model, batch, precision).losses
+            stepper.step(per_sample)
+            losses.append(per_sample.mean().item())
+            samples += len(idx)
+            if progress:
+                progress(step, losses[-1])
+    finally:
+        stepper.close()
+        model.eval()
+    return TrainResult(float(np.mean(losses)) if losses else float("nan"), cfg.local_steps, samples,
+                       time.perf_counter() - start)

@@ -70,6 +70,47 @@ def test_results_folder_report_and_adapter(tiny_run, tiny_cfg):
     assert json.loads((out / "adapter" / "fedtune.json").read_text())["model.name"] == tiny_cfg.model.name
 
 
+def test_dp_is_on_by_default_and_epsilon_matches_each_node_ledger(tiny_run):
+    from fedtune.privacy.accounting import epsilon
+
+    last = read_metrics(tiny_run.out / "metrics.jsonl")[-1]
+    ledgers = {p.parent.name: json.loads(p.read_text()) for p in (tiny_run.out / "node-state").rglob("privacy-ledger-*.json")}
+    assert len(ledgers) == 3
+    for node in last["nodes"].values():
+        ledger = ledgers[node["name"]]
+        assert node["delta"] == ledger["delta"] < 1 / node["num_records"]
+        assert node["epsilon"] == pytest.approx(epsilon(ledger["history"], ledger["delta"]), abs=1e-9)
+        assert 0 < node["epsilon"] <= 8.0 and len(ledger["rounds"]) == 2
+    assert "## Privacy (record-level DP-SGD per node)" in (tiny_run.out / "report.md").read_text()
+
+
+def test_nodes_stop_at_their_budget_and_the_run_carries_on(tiny_model_dir, tmp_path, capsys):
+    """IID split (34 records each), σ = 1, 3 steps a round: ε ≈ 1.32 after 1 round and ≈ 1.63 after 2,
+    so with a budget of 1.45 every node trains in round 1, declines from round 2 on, and the
+    federation still finishes all 3 rounds."""
+    result = simulate(
+        None,
+        [f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=120",
+         "data.partition=iid", "train.local-steps=3", "train.batch-size=4", "federation.rounds=3",
+         "federation.min-nodes=3", "simulation.nodes=3", "simulation.cpus-per-node=1",
+         "privacy.noise-multiplier=1.0", "privacy.simulated-max-epsilon=1.45"],
+        tmp_path / "run", quiet=True,
+    )
+    metrics = read_metrics(result.out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3]
+    for m in metrics[1:]:
+        statuses = {n["status"] for n in m["nodes"].values()}
+        assert statuses == ({"ok"} if m["round"] == 1 else {"budget-exhausted"})
+        for n in m["nodes"].values():
+            assert n["epsilon"] <= 1.45
+    assert metrics[2]["aggregation"] == "skipped"
+    report = (result.out / "report.md").read_text()
+    assert "stopped training because their own budget was spent" in report and "(from round 2)" in report
+    assert cli_main(["privacy", "show", "--state", str(result.out / "node-state")]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("privacy-ledger-") == 3 and "ε spent" in shown
+
+
 def test_superlink_is_stopped_after_the_run(tiny_run):
     out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{tiny_run.out}"], capture_output=True, text=True)
     assert out.stdout.strip() == ""

@@ -1,0 +1,42 @@
+"""Privacy accounting with Opacus's accountants (RDP by default, PRV available).
+
+A node's whole history is a list of ``(noise_multiplier, sample_rate, steps)`` segments - the
+exact state of Opacus's accountants - so ε can be recomputed from scratch at any time, for any δ.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANTS = ("rdp", "prv")
+Segment = tuple[float, float, int]
+
+
+def accountant_for(name: str, history: Iterable[Segment] = ()):
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {name!r}; use one of {', '.join(ACCOUNTANTS)}")
+    acc = create_accountant(name)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return acc
+
+
+def epsilon(history: Sequence[Segment], delta: float, name: str = "rdp") -> float:
+    """ε spent by ``history`` at ``delta`` (0 for an empty history)."""
+    if not history:
+        return 0.0
+    return float(accountant_for(name, history).get_epsilon(delta=delta))
+
+
+def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int, name: str = "rdp") -> float:
+    """Smallest σ such that ``steps`` steps at ``sample_rate`` spend at most ``target_epsilon``."""
+    return float(get_noise_multiplier(
+        target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant=name,
+    ))
+
+
+def default_delta(num_records: int) -> float:
+    """δ well below 1/N (the usual requirement): 0.1 / N."""
+    return 0.1 / num_records

@@ -1,0 +1,81 @@
+"""The node's side of privacy: its own budget, its ledger, and the plan for this round.
+
+Everything that bounds a node's privacy loss comes from the node: ``max-epsilon`` and
+``state-dir`` are read from its ``node_config`` (a deployed node's operator sets them), never
+from the server's run config.  Only *simulated* nodes, which have no operator, take their
+budget from ``privacy.simulated-max-epsilon``.  Before training, the node computes the ε it
+would have after this round; if that exceeds its budget it refuses the round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..config import ConfigError, RunConfig
+from .accounting import default_delta, noise_for_target
+from .dp_sgd import DPPlan, poisson_sample_rate
+from .ledger import PrivacyLedger
+
+DEFAULT_NODE_MAX_EPSILON = 8.0  # a deployed node that sets no budget gets this one
+BUDGET_EXHAUSTED = "budget-exhausted"  # the node's reply status when it declines a round
+
+
+def is_simulated(node_config: Mapping[str, object]) -> bool:
+    return "partition-id" in node_config and "data-path" not in node_config
+
+
+def node_budget(cfg: RunConfig, node_config: Mapping[str, object]) -> float:
+    if "max-epsilon" in node_config:
+        value = float(node_config["max-epsilon"])  # type: ignore[arg-type]
+        if value <= 0:
+            raise ConfigError(f"node config max-epsilon must be > 0, got {value}")
+        return value
+    return cfg.privacy.simulated_max_epsilon if is_simulated(node_config) else DEFAULT_NODE_MAX_EPSILON
+
+
+def node_state_dir(cfg: RunConfig, node_config: Mapping[str, object], name: str) -> Path:
+    if "state-dir" in node_config:
+        return Path(str(node_config["state-dir"])).expanduser()
+    if not is_simulated(node_config):
+        raise ConfigError("this node has no 'state-dir' in its node config: the privacy ledger needs one")
+    root = cfg.privacy.state_dir or (Path(cfg.output.dir or ".") / "node-state")
+    return Path(root).expanduser() / name
+
+
+def resolve_delta(cfg: RunConfig, num_records: int) -> float:
+    delta = cfg.privacy.delta or default_delta(num_records)
+    if delta >= 1.0 / num_records:
+        raise ConfigError(
+            f"privacy.delta={delta:g} is not below 1/N = {1.0 / num_records:g} for this node's {num_records} records: "
+            "such a δ allows leaking a whole record. Use a smaller delta, or 0 for the default 0.1/N"
+        )
+    return delta
+
+
+@dataclass
+class RoundPrivacy:
+    ledger: PrivacyLedger
+    plan: DPPlan
+    max_epsilon: float
+    epsilon_before: float
+    epsilon_after: float
+
+    @property
+    def allowed(self) -> bool:
+        return self.epsilon_after <= self.max_epsilon
+
+
+def plan_round(
+    cfg: RunConfig, node_config: Mapping[str, object], name: str, fingerprint: str, n: int
+) -> RoundPrivacy:
+    """Open the ledger and work out σ, q and the ε this round would bring the node to."""
+    p = cfg.privacy
+    delta = resolve_delta(cfg, n)
+    ledger = PrivacyLedger.open(node_state_dir(cfg, node_config, name), fingerprint, p.accountant, delta, n)
+    q = poisson_sample_rate(n, cfg.train.batch_size)
+    steps = cfg.train.local_steps
+    sigma = p.noise_multiplier or noise_for_target(p.target_epsilon, delta, q, steps * cfg.federation.rounds, p.accountant)
+    plan = DPPlan(sigma, q, steps, p.max_grad_norm)
+    return RoundPrivacy(ledger, plan, node_budget(cfg, node_config), ledger.epsilon(), ledger.epsilon([plan.segment]))
