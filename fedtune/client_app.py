@@ -45,7 +45,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics: dict = {"examples": len(data.train), "num_records": len(data.train)}
         stepper = privacy = None
         if cfg.privacy.enabled:
-            privacy = plan_round(cfg, context.node_config, data.name, data.fingerprint, len(data.train))
+            privacy = plan_round(cfg, context.node_config, data.name, data.fingerprint, len(data.train),
+                                 int(context.run_id))
             metrics.update(delta=privacy.ledger.delta, max_epsilon=privacy.max_epsilon,
                            noise_multiplier=privacy.plan.noise_multiplier, sample_rate=privacy.plan.sample_rate)
             if not privacy.allowed:  # the node's own budget decides; nothing is trained or sent

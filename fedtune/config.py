@@ -131,7 +131,10 @@ class PrivacyConfig:
     simulated_max_epsilon: float = _opt(
         8.0, "budget of *simulated* nodes only; a deployed node's budget is its own node config 'max-epsilon'", _positive
     )
-    state_dir: str = _opt("", "simulation only: where simulated nodes keep ledgers; empty = <output.dir>/node-state")
+    state_dir: str = _opt(
+        "", "simulation only: where simulated nodes keep ledgers; empty = <output.dir>/node-state "
+        "(or <cache>/simulated-node-state/run-<id> when output.dir is empty too)"
+    )
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,17 @@ def test_jsonl_non_utf8_and_missing(tmp_path):
         load_jsonl(f)
     with pytest.raises(DataError, match="data file not found"):
         load_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_simulation_can_split_a_users_jsonl_and_a_node_can_read_its_own_file(tmp_path):
+    from fedtune.data import write_jsonl
+
+    path = tmp_path / "notes.jsonl"
+    write_jsonl(generate_triage(60, seed=4), path)
+    cfg = DataConfig(source=str(path), partition="iid")
+    sizes = [sum(map(len, node_examples(cfg, {"partition-id": i, "num-partitions": 3})[1:])) for i in range(3)]
+    assert sizes == [20, 20, 20]
+    name, train, held = node_examples(DataConfig(), {"data-path": str(path), "name": "St Mary's"})
+    assert name == "St Mary's" and len(train) + len(held) == 60 and len(held) == 6  # eval-fraction 0.1
+    with pytest.raises(DataError, match="data file not found"):
+        node_examples(DataConfig(), {"data-path": str(tmp_path / "missing.jsonl")})

@@ -185,3 +185,18 @@ def test_budget_refusal_and_server_config_cannot_raise_a_node_budget(tmp_path):
     assert rp.epsilon_after > 1.0 and not rp.allowed
     simulated = {"partition-id": 0, "num-partitions": 2}
     assert node_budget(greedy_server, simulated) == 1000.0  # simulated nodes have no operator of their own
+
+
+def test_simulated_node_state_is_absolute_and_per_run(tmp_path, monkeypatch):
+    from fedtune.privacy.guard import node_state_dir
+
+    sim = {"partition-id": 1, "num-partitions": 2}
+    out = RunConfig.from_flat({"output.dir": str(tmp_path / "run")})
+    assert node_state_dir(out, sim, "hospital-1") == tmp_path / "run" / "node-state" / "hospital-1"
+    monkeypatch.setenv("FEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    bare = RunConfig()  # `flwr run .` without output.dir: keyed by run id, never cwd-relative
+    a, b = node_state_dir(bare, sim, "hospital-1", run_id=7), node_state_dir(bare, sim, "hospital-1", run_id=8)
+    assert a.is_absolute() and a != b and a.parent.name == "run-7"
+    with pytest.raises(ConfigError, match="no 'state-dir'"):
+        node_state_dir(bare, {"data-path": "x.jsonl"}, "bank")
+    assert node_state_dir(bare, {"data-path": "x.jsonl", "state-dir": str(tmp_path)}, "bank") == tmp_path

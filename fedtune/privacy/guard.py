@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import ConfigError, RunConfig
+from ..model import cache_root
 from .accounting import default_delta, noise_for_target
 from .dp_sgd import DPPlan, poisson_sample_rate
 from .ledger import PrivacyLedger
@@ -35,13 +36,19 @@ def node_budget(cfg: RunConfig, node_config: Mapping[str, object]) -> float:
     return cfg.privacy.simulated_max_epsilon if is_simulated(node_config) else DEFAULT_NODE_MAX_EPSILON
 
 
-def node_state_dir(cfg: RunConfig, node_config: Mapping[str, object], name: str) -> Path:
+def node_state_dir(cfg: RunConfig, node_config: Mapping[str, object], name: str, run_id: int = 0) -> Path:
+    """A deployed node's own ``state-dir``; for simulated nodes a folder of this run (absolute)."""
     if "state-dir" in node_config:
         return Path(str(node_config["state-dir"])).expanduser()
     if not is_simulated(node_config):
         raise ConfigError("this node has no 'state-dir' in its node config: the privacy ledger needs one")
-    root = cfg.privacy.state_dir or (Path(cfg.output.dir or ".") / "node-state")
-    return Path(root).expanduser() / name
+    if cfg.privacy.state_dir:
+        root = Path(cfg.privacy.state_dir).expanduser()
+    elif cfg.output.dir:
+        root = Path(cfg.output.dir).expanduser() / "node-state"
+    else:  # plain `flwr run .`: the server's timestamped folder is unknown here; key by run id
+        root = cache_root() / "simulated-node-state" / f"run-{run_id}"
+    return root / name
 
 
 def resolve_delta(cfg: RunConfig, num_records: int) -> float:
@@ -68,12 +75,13 @@ class RoundPrivacy:
 
 
 def plan_round(
-    cfg: RunConfig, node_config: Mapping[str, object], name: str, fingerprint: str, n: int
+    cfg: RunConfig, node_config: Mapping[str, object], name: str, fingerprint: str, n: int, run_id: int = 0
 ) -> RoundPrivacy:
     """Open the ledger and work out σ, q and the ε this round would bring the node to."""
     p = cfg.privacy
     delta = resolve_delta(cfg, n)
-    ledger = PrivacyLedger.open(node_state_dir(cfg, node_config, name), fingerprint, p.accountant, delta, n)
+    state = node_state_dir(cfg, node_config, name, run_id)
+    ledger = PrivacyLedger.open(state, fingerprint, p.accountant, delta, n)
     q = poisson_sample_rate(n, cfg.train.batch_size)
     steps = cfg.train.local_steps
     sigma = p.noise_multiplier or noise_for_target(p.target_epsilon, delta, q, steps * cfg.federation.rounds, p.accountant)
