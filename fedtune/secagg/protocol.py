@@ -1,0 +1,160 @@
+"""SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020) as transport-free steps.
+
+Stages, for n sampled nodes with public per-round ``Setup`` (indices, neighbour graph, t):
+1. advertise   - each node sends two X25519 public keys: c (share encryption), s (pairwise masks);
+2. share keys  - each node Shamir-shares its self-mask seed b and its s private key among its
+                 neighbours (threshold t) and sends each neighbour its pair of shares encrypted
+                 with AES-GCM under KDF(c_i, c_j); the associated data binds the round, both
+                 indices and the hash of the global adapter the sender received;
+3. mask        - y_i = encode(w_i * x_i) + PRG(b_i) + sum_j ±PRG(KDF(s_i, s_j))  (mod 2^32),
+                 over the neighbours j whose shares reached i (+ if i < j, - otherwise);
+4. unmask      - for each neighbour that sent y, a node reveals its share of that neighbour's b;
+                 for each neighbour that dropped after stage 2, its share of that neighbour's s key.
+                 Never both for one neighbour. Decrypting a share whose associated data carries a
+                 different adapter hash fails, so inconsistent global models abort the round.
+The server sums the y it received, recovers the needed b and s secrets from >= t shares each,
+and removes the masks: it learns only the sum.  Transport (Flower messages) is the caller's job.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .crypto import (
+    KEY_BYTES, KeyPair, SecAggError, agree, decrypt, digest, encrypt, prg_mask, public_key_of, recover_secret,
+    share_secret,
+)
+
+_SHARE_FORMAT = ">HH32s32s"  # src index, dst index, share of b, share of the s private key
+_SHARE_BYTES = struct.calcsize(_SHARE_FORMAT)
+
+
+@dataclass(frozen=True)
+class Setup:
+    round_id: bytes  # unique per (run, round): binds keys, masks and ciphertexts to this round
+    neighbours: dict[int, list[int]]  # node index (1..n) -> neighbour indices
+    threshold: int
+    length: int  # uint32 words per masked vector
+
+    def _ad(self, src: int, dst: int, model_hash: bytes) -> bytes:
+        return digest(b"share", self.round_id, src.to_bytes(2, "big"), dst.to_bytes(2, "big"), model_hash)
+
+    def sign(self, i: int, j: int) -> int:
+        return 1 if i < j else -1
+
+
+def _pair_mask(setup: Setup, my_private: bytes, peer_public: bytes) -> np.ndarray:
+    return prg_mask(agree(my_private, peer_public, b"mask", setup.round_id), setup.length)
+
+
+@dataclass
+class ClientSession:
+    """One node's secrets and view for one round (kept in the node's own state only)."""
+
+    setup: Setup
+    index: int
+    model_hash: bytes
+    c_key: KeyPair = field(default_factory=KeyPair.generate)
+    s_key: KeyPair = field(default_factory=KeyPair.generate)
+    b_seed: bytes = field(default_factory=lambda: os.urandom(KEY_BYTES))
+    peer_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    received: dict[int, bytes] = field(default_factory=dict)  # ciphertexts from neighbours
+    masked_with: list[int] = field(default_factory=list)
+
+    # stage 1
+    def advertise(self) -> tuple[bytes, bytes]:
+        return self.c_key.public, self.s_key.public
+
+    # stage 2
+    def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+        mine = self.setup.neighbours[self.index]
+        live = [j for j in mine if j in public_keys]
+        if len(live) < self.setup.threshold:
+            raise SecAggError(f"only {len(live)} neighbours advertised keys; threshold is {self.setup.threshold}")
+        self.peer_keys = {j: public_keys[j] for j in live}
+        b_shares = share_secret(self.b_seed, self.setup.threshold, live)
+        s_shares = share_secret(self.s_key.private, self.setup.threshold, live)
+        out = {}
+        for j in live:
+            key = agree(self.c_key.private, self.peer_keys[j][0], b"share", self.setup.round_id)
+            plain = struct.pack(_SHARE_FORMAT, self.index, j, b_shares[j], s_shares[j])
+            out[j] = encrypt(key, plain, self.setup._ad(self.index, j, self.model_hash))
+        return out
+
+    # stage 3
+    def mask(self, ciphertexts: dict[int, bytes], encoded: np.ndarray) -> np.ndarray:
+        if encoded.dtype != np.uint32 or encoded.shape != (self.setup.length,):
+            raise SecAggError(f"expected {self.setup.length} uint32 words to mask, got {encoded.dtype} {encoded.shape}")
+        self.received = {j: ct for j, ct in ciphertexts.items() if j in self.peer_keys}
+        if len(self.received) < self.setup.threshold:
+            raise SecAggError(f"only {len(self.received)} neighbours shared keys; threshold is {self.setup.threshold}")
+        y = encoded + prg_mask(self.b_seed, self.setup.length)
+        for j in sorted(self.received):
+            pm = _pair_mask(self.setup, self.s_key.private, self.peer_keys[j][1])
+            y = y + pm if self.setup.sign(self.index, j) > 0 else y - pm
+        self.masked_with = sorted(self.received)
+        return y
+
+    # stage 4
+    def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, tuple[str, bytes]]:
+        if survivors & dropped:
+            raise SecAggError("the server asked for both secrets of the same node")
+        if self.index not in survivors:
+            raise SecAggError("this node is not listed among the survivors")
+        out = {}
+        for j, ct in self.received.items():
+            if j not in survivors and j not in dropped:
+                continue
+            key = agree(self.c_key.private, self.peer_keys[j][0], b"share", self.setup.round_id)
+            plain = decrypt(key, ct, self.setup._ad(j, self.index, self.model_hash))
+            if len(plain) != _SHARE_BYTES:
+                raise SecAggError("malformed share")
+            src, dst, b_share, s_share = struct.unpack(_SHARE_FORMAT, plain)
+            if (src, dst) != (j, self.index):
+                raise SecAggError("share addressed to another pair of nodes")
+            out[j] = ("b", b_share) if j in survivors else ("s", s_share)
+        return out
+
+
+def unmask_sum(
+    setup: Setup,
+    public_keys: dict[int, tuple[bytes, bytes]],
+    shared: dict[int, set[int]],
+    masked: dict[int, np.ndarray],
+    reveals: dict[int, dict[int, tuple[str, bytes]]],
+) -> np.ndarray:
+    """Server side: the uint32 sum of the survivors' encoded inputs.
+
+    ``shared[i]`` are the neighbours whose ciphertexts were forwarded to i (i masked with them);
+    ``masked`` holds the survivors' y; ``reveals[j][i]`` is what survivor j revealed about i.
+    Raises SecAggError (nothing is released) if any needed secret has fewer than t shares.
+    """
+    survivors = set(masked)
+    total = np.zeros(setup.length, dtype=np.uint32)
+    for y in masked.values():
+        total = total + y
+    by_target: dict[int, dict[int, bytes]] = {}
+    for j, items in reveals.items():
+        for i, (kind, share) in items.items():
+            expected = "b" if i in survivors else "s"
+            if kind != expected:
+                raise SecAggError(f"node {j} revealed the wrong secret of node {i}")
+            by_target.setdefault(i, {})[j] = share
+    for i in survivors:
+        b = recover_secret(by_target.get(i, {}), setup.threshold)
+        total = total - prg_mask(b, setup.length)
+    dropped = {j for i in survivors for j in shared[i] if j not in survivors}
+    for j in dropped:
+        s_private = recover_secret(by_target.get(j, {}), setup.threshold)
+        if public_key_of(s_private) != public_keys[j][1]:
+            raise SecAggError(f"recovered mask key of node {j} does not match its advertised key")
+        for i in survivors:
+            if j in shared[i]:
+                pm = _pair_mask(setup, s_private, public_keys[i][1])
+                # i added sign(i, j) * pm; remove it
+                total = total - pm if setup.sign(i, j) > 0 else total + pm
+    return total
