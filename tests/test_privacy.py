@@ -145,6 +145,26 @@ def test_dp_stepper_leaves_no_hooks_behind(tiny_peft):
     assert all(not hasattr(p, "grad_sample") for p in model.parameters())
 
 
+def test_training_through_empty_poisson_batches(tiny_peft):
+    """q = 1/40 on 40 records: about a third of the batches are empty. They must come out as empty
+    index arrays (never placeholder indices) and training must go through them."""
+    model, _, enc = tiny_peft
+    data = enc.encode_all(generate_triage(40, seed=0))
+    cfg = TrainConfig(local_steps=30, batch_size=1)
+    stepper = DPStepper(model, len(data), cfg, DPPlan(1.0, 1 / 40, 30, 1.0))
+    it = stepper.batches()
+    draws = [next(it) for _ in range(300)]
+    stepper.close()
+    assert sum(len(d) == 0 for d in draws) > 50
+    assert all(d.dtype == np.int64 and d.ndim == 1 and (len(d) == 0 or d.max() < 40) for d in draws)
+    stepper = DPStepper(model, len(data), cfg, DPPlan(1.0, 1 / 40, 30, 1.0))
+    empty_steps = []
+    real_step_empty = stepper.step_empty
+    stepper.step_empty = lambda: (empty_steps.append(1), real_step_empty())
+    result = train_local(model, enc, data, cfg, "fp32", 0, stepper)
+    assert result.steps == 30 and len(empty_steps) > 0  # noised steps with no records at all
+
+
 def test_empty_poisson_batch_still_adds_noise(tiny_peft):
     model, _, _ = tiny_peft
     stepper = DPStepper(model, 10, TrainConfig(batch_size=2, lr=0.1), DPPlan(1.0, 0.2, 1, 1.0))

@@ -1,8 +1,9 @@
 """DP-SGD on the LoRA parameters with Opacus: Poisson sampling, per-sample clipping, Gaussian noise.
 
 ``DPStepper`` plugs Opacus's ``PrivacyEngine`` into the local training loop (see training.py):
-* batches come from Opacus's ``DPDataLoader`` (each record included independently with
-  probability q, so batch sizes vary and can be empty - an empty batch still gets its noise);
+* batches come from the Poisson sampler of Opacus's ``DPDataLoader`` (each record included
+  independently with probability q, so batch sizes vary and can be empty - an empty batch still
+  gets its noise);
 * per-sample gradients come from Opacus's hooks on the LoRA ``nn.Linear`` layers (the base
   model is frozen and has none), or from ghost clipping (norms only, two backward passes);
 * per-sample gradients are up-cast to fp32 before clipping, so the clipping bound holds exactly
@@ -95,9 +96,12 @@ class DPStepper:
             raise RuntimeError(f"Opacus samples at q={actual_q}, but the privacy plan assumed q={plan.sample_rate}")
 
     def batches(self) -> Iterator[np.ndarray]:
+        """Record indices straight from Opacus's Poisson batch sampler (each record independently
+        with probability q). Not through the loader's collate: for an empty batch it substitutes
+        zero-valued placeholder tensors, which must never be mistaken for record 0."""
         while True:
-            for idx in self.loader:
-                yield idx.numpy()
+            for idx in self.loader.batch_sampler:
+                yield np.asarray(idx, dtype=np.int64)
 
     def _upcast_grad_samples(self) -> None:
         for p in self.params:
