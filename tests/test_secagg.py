@@ -122,3 +122,44 @@ def test_fixed_point_weighted_sum_matches_plain_average():
     assert rel <= 1e-4, rel
     with pytest.raises(SecAggError, match="outside the encoding range"):
         enc.encode(np.array([2000.0]))  # weight above the bound: an error, never a wrap
+
+
+def test_setup_and_node_state_survive_flower_config_records_between_stages():
+    """As in Flower: the setup travels in a message and each node's session lives in context.state
+    (a ConfigRecord) between stages. Round-trip both at every stage; the sum must stay exact."""
+    from flwr.app import ConfigRecord
+
+    x = _inputs()
+    order = sorted(x)
+    k = degree(len(order))
+    setup = Setup(b"run-9|round-2", neighbours(order, k), threshold(k, 1 / 3), L)
+    setup = Setup.from_config(dict(ConfigRecord(setup.to_config())))
+    model = hashlib.sha256(b"adapter").digest()
+
+    def reload(session):  # what the node's next message handler will see
+        return ClientSession.from_config(setup, dict(ConfigRecord(session.to_config())))
+
+    sessions = {i: ClientSession(setup, i, model) for i in order}
+    keys = {i: s.advertise() for i, s in sessions.items()}
+    sessions = {i: reload(s) for i, s in sessions.items()}
+    outbox = {i: s.share_keys({j: keys[j] for j in setup.neighbours[i]}) for i, s in sessions.items()}
+    sessions = {i: reload(s) for i, s in sessions.items()}
+    inbox = {j: {i: outbox[i][j] for i in order if j in outbox[i]} for j in order}
+    masked = {i: s.mask(inbox[i], x[i]) for i, s in sessions.items() if i != 5}  # node 5 drops here
+    sessions = {i: reload(s) for i, s in sessions.items()}
+    reveals = {j: sessions[j].unmask(set(masked), {5}) for j in masked}
+    total = unmask_sum(setup, keys, {i: set(inbox[i]) for i in order}, masked, reveals)
+    assert np.array_equal(total, _sum(x, set(order) - {5}))
+
+
+def test_malformed_peer_state_is_rejected_not_executed():
+    order = list(range(1, 5))
+    setup = Setup(b"r", neighbours(order, degree(4)), 3, 8)
+    bad = setup.to_config()
+    bad["neighbours"] = bad["neighbours"][:-1]
+    with pytest.raises(SecAggError, match="malformed neighbour graph"):
+        Setup.from_config(bad)
+    state = ClientSession(setup, 1, b"h").to_config()
+    state["c_private"] = b"short"
+    with pytest.raises(SecAggError, match="length 32"):
+        ClientSession.from_config(setup, state)

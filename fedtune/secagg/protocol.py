@@ -46,6 +46,45 @@ class Setup:
     def sign(self, i: int, j: int) -> int:
         return 1 if i < j else -1
 
+    # -- as Flower ConfigRecord values (scalars, bytes, lists): no code-executing formats ---------
+    def to_config(self) -> dict:
+        nodes = sorted(self.neighbours)
+        return {
+            "round_id": self.round_id, "threshold": self.threshold, "length": self.length, "nodes": nodes,
+            "degrees": [len(self.neighbours[i]) for i in nodes],
+            "neighbours": [j for i in nodes for j in self.neighbours[i]],
+        }
+
+    @classmethod
+    def from_config(cls, cfg) -> "Setup":
+        nodes, degrees, flat = _ints(cfg["nodes"]), _ints(cfg["degrees"]), _ints(cfg["neighbours"])
+        if len(nodes) != len(degrees) or sum(degrees) != len(flat):
+            raise SecAggError("malformed neighbour graph")
+        graph, pos = {}, 0
+        for i, d in zip(nodes, degrees):
+            graph[i], pos = flat[pos:pos + d], pos + d
+        if any(j not in graph or j == i for i, js in graph.items() for j in js):
+            raise SecAggError("neighbour graph names unknown nodes")
+        return cls(_bytes(cfg["round_id"]), graph, int(cfg["threshold"]), int(cfg["length"]))
+
+
+def _ints(values) -> list[int]:
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise SecAggError("expected a list of integers")
+    return list(values)
+
+
+def _bytes(value, size: int | None = None) -> bytes:
+    if not isinstance(value, bytes) or (size is not None and len(value) != size):
+        raise SecAggError("expected bytes" + (f" of length {size}" if size else ""))
+    return value
+
+
+def _bytes_list(values, size: int | None = None) -> list[bytes]:
+    if not isinstance(values, list):
+        raise SecAggError("expected a list of bytes")
+    return [_bytes(v, size) for v in values]
+
 
 def _pair_mask(setup: Setup, my_private: bytes, peer_public: bytes) -> np.ndarray:
     return prg_mask(agree(my_private, peer_public, b"mask", setup.round_id), setup.length)
@@ -64,6 +103,33 @@ class ClientSession:
     peer_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     received: dict[int, bytes] = field(default_factory=dict)  # ciphertexts from neighbours
     masked_with: list[int] = field(default_factory=list)
+
+    # -- node state between messages (Flower context.state); secrets never leave the node ---------
+    def to_config(self) -> dict:
+        peers = sorted(self.peer_keys)
+        received = sorted(self.received)
+        return {
+            "index": self.index, "model_hash": self.model_hash, "c_private": self.c_key.private,
+            "s_private": self.s_key.private, "b_seed": self.b_seed, "peers": peers,
+            "peer_c": [self.peer_keys[j][0] for j in peers], "peer_s": [self.peer_keys[j][1] for j in peers],
+            "received_from": received, "received": [self.received[j] for j in received],
+            "masked_with": list(self.masked_with),
+        }
+
+    @classmethod
+    def from_config(cls, setup: Setup, cfg) -> "ClientSession":
+        c_private, s_private = _bytes(cfg["c_private"], KEY_BYTES), _bytes(cfg["s_private"], KEY_BYTES)
+        peers, received_from = _ints(cfg["peers"]), _ints(cfg["received_from"])
+        peer_c, peer_s = _bytes_list(cfg["peer_c"], KEY_BYTES), _bytes_list(cfg["peer_s"], KEY_BYTES)
+        received = _bytes_list(cfg["received"])
+        if len(peer_c) != len(peers) or len(peer_s) != len(peers) or len(received) != len(received_from):
+            raise SecAggError("malformed SecAgg node state")
+        return cls(
+            setup, int(cfg["index"]), _bytes(cfg["model_hash"]),
+            KeyPair(c_private, public_key_of(c_private)), KeyPair(s_private, public_key_of(s_private)),
+            _bytes(cfg["b_seed"], KEY_BYTES), {j: (c, s) for j, c, s in zip(peers, peer_c, peer_s)},
+            dict(zip(received_from, received)), _ints(cfg["masked_with"]),
+        )
 
     # stage 1
     def advertise(self) -> tuple[bytes, bytes]:
