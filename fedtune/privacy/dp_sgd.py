@@ -53,6 +53,9 @@ def poisson_sample_rate(num_records: int, batch_size: int) -> float:
 
 
 class _Indices(Dataset):
+    """Stands in for the records when Opacus builds its loader: only ``len`` and the item shape
+    matter, since batches are drawn from the loader's Poisson sampler (see ``batches``)."""
+
     def __init__(self, n: int):
         self.n = n
 
@@ -61,10 +64,6 @@ class _Indices(Dataset):
 
     def __getitem__(self, i: int):
         return (torch.tensor(i),)
-
-
-def _stack(items) -> torch.Tensor:
-    return torch.stack([t[0] for t in items])
 
 
 def _secure_generator() -> torch.Generator:
@@ -78,8 +77,7 @@ class DPStepper:
         self.mode = mode
         self.params = list(adapter_parameters(model).values())
         optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        loader = DataLoader(_Indices(num_records), batch_size=cfg.batch_size, collate_fn=_stack,
-                            generator=_secure_generator())
+        loader = DataLoader(_Indices(num_records), batch_size=cfg.batch_size, generator=_secure_generator())
         model.train()  # Opacus refuses a module in eval mode
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Opacus warns about secure_mode=False (no torchcsprng)

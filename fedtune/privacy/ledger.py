@@ -56,24 +56,30 @@ class PrivacyLedger:
         path = directory / f"privacy-ledger-{fingerprint[:16]}.json"
         if not path.exists():
             return cls(path, fingerprint, accountant, delta, num_records)
+        ledger = cls.load(path)
+        if ledger.fingerprint != fingerprint:
+            raise LedgerError(f"{path} belongs to another dataset (fingerprint mismatch)")
+        if ledger.accountant != accountant or ledger.delta != delta:
+            raise LedgerError(
+                f"{path} was kept with accountant={ledger.accountant} delta={ledger.delta}; this run asks for "
+                f"accountant={accountant} delta={delta}. Use the ledger's settings so ε stays comparable"
+            )
+        return ledger
+
+    @classmethod
+    def load(cls, path: Path) -> "PrivacyLedger":
+        """Read a ledger file as it is (``open`` also checks it belongs to this dataset and settings)."""
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            return cls(
+                path, str(raw["fingerprint"]), str(raw["accountant"]), float(raw["delta"]), int(raw["num_records"]),
+                [(float(s), float(q), int(n)) for s, q, n in raw["history"]], list(raw.get("rounds", [])),
+            )
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise LedgerError(
                 f"privacy ledger {path} is unreadable ({exc}); it is never half-written by fedtune, so restore "
                 "it from backup - deleting it would forget the privacy this dataset already spent"
             ) from exc
-        if raw.get("fingerprint") != fingerprint:
-            raise LedgerError(f"{path} belongs to another dataset (fingerprint mismatch)")
-        if raw.get("accountant") != accountant or raw.get("delta") != delta:
-            raise LedgerError(
-                f"{path} was kept with accountant={raw.get('accountant')} delta={raw.get('delta')}; this run asks for "
-                f"accountant={accountant} delta={delta}. Use the ledger's settings so ε stays comparable"
-            )
-        return cls(
-            path, fingerprint, accountant, float(raw["delta"]), int(raw["num_records"]),
-            [(float(s), float(q), int(n)) for s, q, n in raw["history"]], list(raw.get("rounds", [])),
-        )
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps({
@@ -106,20 +112,16 @@ def show_ledgers(state_dir: Path) -> str:
         raise LedgerError(f"no privacy ledger found under {state_dir}")
     out = []
     for path in paths:
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise LedgerError(f"{path} is unreadable: {exc}") from exc
-        history = [(float(s), float(q), int(n)) for s, q, n in raw["history"]]
-        eps = epsilon(history, raw["delta"], raw["accountant"])
+        ledger = PrivacyLedger.load(path)
         out += [
             f"{path}",
-            f"  dataset {raw['fingerprint'][:16]}…  records N={raw['num_records']}  accountant {raw['accountant'].upper()}"
-            f"  δ={raw['delta']:.3g}",
-            f"  ε spent: {eps:.4f}  over {sum(n for *_, n in history)} DP-SGD steps in {len(raw.get('rounds', []))} rounds",
+            f"  dataset {ledger.fingerprint[:16]}…  records N={ledger.num_records}  accountant {ledger.accountant.upper()}"
+            f"  δ={ledger.delta:.3g}",
+            f"  ε spent: {ledger.epsilon():.4f}  over {sum(n for *_, n in ledger.history)} DP-SGD steps "
+            f"in {len(ledger.rounds)} rounds",
             "  round  run        σ        q        steps  ε after",
         ]
-        for r in raw.get("rounds", []):
+        for r in ledger.rounds:
             out.append(f"  {r.get('round', '?'):>5}  {str(r.get('run_id', ''))[:9]:9s}  {r['sigma']:<7.4f}  "
                        f"{r['sample_rate']:<7.4f}  {r['steps']:>5}  {r['epsilon']:.4f}")
     return "\n".join(out)
