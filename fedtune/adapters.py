@@ -7,6 +7,7 @@ finite values).  Export writes a standard PEFT folder that ``PeftModel.from_pret
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -46,6 +47,33 @@ def check_arrays(expected: Mapping[str, torch.Tensor | np.ndarray], arrays: Mapp
             raise AdapterMismatch(f"{name}: shape {tuple(arr.shape)} != expected {tuple(expected[name].shape)}")
         if not np.all(np.isfinite(arr)):
             raise AdapterMismatch(f"{name}: contains NaN or Inf")
+
+
+def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """All arrays as one float32 vector, in the mapping's order (the layout every node shares)."""
+    return np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in arrays.values()])
+
+
+def unflatten(vector: np.ndarray, like: Mapping[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
+    """Inverse of ``flatten``: names, shapes and dtypes from ``like``."""
+    sizes = [int(np.prod(a.shape)) for a in like.values()]
+    if vector.size != sum(sizes):
+        raise AdapterMismatch(f"vector of {vector.size} values for an adapter of {sum(sizes)}")
+    out, pos = OrderedDict(), 0
+    for (name, ref), n in zip(like.items(), sizes):
+        out[name] = vector[pos:pos + n].reshape(ref.shape).astype(ref.dtype)
+        pos += n
+    return out
+
+
+def adapter_hash(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 over names, dtypes, shapes and bytes: two nodes agree iff they hold the same adapter."""
+    h = hashlib.sha256()
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.digest()
 
 
 def set_adapter_arrays(model, arrays: Mapping[str, np.ndarray]) -> None:

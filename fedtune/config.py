@@ -138,6 +138,18 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    enabled: bool = _opt(True, "SecAgg+ secure aggregation of the deltas every round; false only for comparison")
+    clip: float = _opt(
+        0.0, "L2 bound each node clips its delta to before masking; 0 = auto: 2 × lr × local-steps × "
+        "sqrt(adapter parameters), above any AdamW delta of one round", _non_negative)
+    dropout: float = _opt(
+        0.35, "fraction of each node's neighbours that may drop out during the protocol (sets the threshold)",
+        lambda v: None if 0 <= v < 0.5 else "must be in [0, 0.5)")
+    stage_timeout: float = _opt(300.0, "seconds to wait for node replies in each key-exchange stage", _positive)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = _opt("", "results folder (absolute); empty = runs/<timestamp> under the current directory")
 
@@ -152,6 +164,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     # -- flat <-> typed -------------------------------------------------------------
@@ -198,6 +211,11 @@ class RunConfig:
                         f"{key} {problem} (got {value!r}). {f.metadata['help']}. "
                         f"Fix it in the preset or with --set {key}=VALUE"
                     )
+        if self.secagg.enabled and self.federation.min_nodes < 2:
+            raise ConfigError(
+                "secagg.enabled needs federation.min-nodes >= 2: the secure sum of one node's update is that "
+                "update. Raise federation.min-nodes or set secagg.enabled=false"
+            )
         if not self.lora.modules:
             raise ConfigError("lora.target-modules lists no module names; e.g. 'q_proj,v_proj'")
         p = self.privacy

@@ -25,6 +25,11 @@ def from_record(record: ArrayRecord) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((n, a.numpy()) for n, a in record.items())
 
 
+def reply_bytes(reply: Message) -> int:
+    """Payload bytes a node sent in one reply (arrays, configs, metrics), as Flower counts them."""
+    return 0 if reply.has_error() else int(sum(record.count_bytes() for record in reply.content.values()))
+
+
 def error_reply(msg: Message, exc: BaseException) -> Message:
     """Reply with a readable error instead of crashing: the federation carries on without us."""
     return Message(error=Error(code=NODE_ERROR, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)

@@ -1,9 +1,10 @@
 """The coordinator's Flower ServerApp: drives rounds over the Grid, aggregates LoRA deltas only.
 
 Round 0 evaluates the initial adapter (LoRA B = 0, identical to the base model) so the gain
-is visible; each round then samples nodes, collects their deltas, aggregates them into a
-weighted sum, lets the strategy step the global adapter, and evaluates it on every node's
-held-out records.  Results: ``metrics.jsonl``, ``report.md`` and ``adapter/`` in the out dir.
+is visible; each round then samples nodes, has them train, obtains the weighted sum of their
+deltas — by default under SecAgg+ (``secagg/server.py``), so no single node's delta is ever seen
+here — lets the strategy step the global adapter, and evaluates it on every node's held-out
+records.  Results: ``metrics.jsonl``, ``report.md`` and ``adapter/`` in the out dir.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from .adapters import AdapterMismatch, check_arrays, export_adapter, get_adapter_arrays
+from .adapters import AdapterMismatch, check_arrays, export_adapter, get_adapter_arrays, unflatten
 from .config import RunConfig
-from .messages import error_text, exchange, from_record, to_record, wait_for_nodes
+from .messages import error_text, exchange, from_record, reply_bytes, to_record, wait_for_nodes
 from .data.synthetic import INSTRUCTION as TRIAGE_INSTRUCTION
 from .node import SYNTHETIC_TRIAGE, cached_model
 from .report import RunRecorder
+from .secagg.crypto import SecAggError
+from .secagg.params import clip_bound
+from .secagg.server import Advert, SecAggServer
 from .strategy import FedAvg, weighted_sum
 
 app = ServerApp()
@@ -52,8 +56,8 @@ def adapter_meta(cfg: RunConfig) -> dict:
 class Coordinator:
     """State of one federated run on the server side."""
 
-    def __init__(self, grid: Grid, cfg: RunConfig, out: Path):
-        self.grid, self.cfg, self.out = grid, cfg, out
+    def __init__(self, grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0):
+        self.grid, self.cfg, self.out, self.run_id = grid, cfg, out, run_id
         self.model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
         self.global_arrays = get_adapter_arrays(self.model)
         self.strategy = FedAvg(cfg.federation.server_lr)
@@ -105,37 +109,78 @@ class Coordinator:
         }
 
     def train(self, rnd: int, nodes: dict) -> dict:
-        fed = self.cfg.federation
+        fed, secure = self.cfg.federation, self.cfg.secagg.enabled
         connected = sorted(self.grid.get_node_ids())
         k = max(fed.min_nodes, int(round(fed.fraction_train * len(connected))))
         rng = np.random.default_rng([self.cfg.train.seed, rnd])
         picks = rng.permutation(len(connected))[: min(k, len(connected))]  # indices: node ids are uint64
         sampled = sorted(connected[i] for i in picks)
-        updates = []
+        updates, adverts = [], {}
 
         def done(reply, e):
-            d = from_record(reply.content["delta"])
-            try:
-                check_arrays(self.global_arrays, d)
-            except AdapterMismatch as exc:
-                e.update(status="rejected", error=f"train: bad update: {exc}")
-                log(WARNING, "[round %d] rejected update from %s: %s", rnd, e["name"], exc)
-                return
-            updates.append((d, float(e["examples"])))
+            e["bytes_sent"] = reply_bytes(reply)
+            if secure:  # only two public keys and the weight came back; the delta stays on the node
+                try:
+                    adverts[reply.metadata.src_node_id] = Advert.from_record(reply.content["secagg"])
+                except (KeyError, TypeError, ValueError, SecAggError) as exc:
+                    e.update(status="rejected", error=f"train: bad key advertisement: {exc}")
+                    return
+            else:
+                d = from_record(reply.content["delta"])
+                try:
+                    check_arrays(self.global_arrays, d)
+                except AdapterMismatch as exc:
+                    e.update(status="rejected", error=f"train: bad update: {exc}")
+                    log(WARNING, "[round %d] rejected update from %s: %s", rnd, e["name"], exc)
+                    return
+                updates.append((d, float(e["examples"])))
             privacy = f", epsilon {e['epsilon']:.3f} (delta {e['delta']:.1e})" if "epsilon" in e else ""
-            log(INFO, "[round %d] %s trained: loss %.3f, %d steps, %.1fs, sent %d bytes%s", rnd, e["name"],
-                e["train_loss"], e["steps"], e["train_seconds"], e["bytes_sent"], privacy)
+            log(INFO, "[round %d] %s trained: loss %.3f, %d steps, %.1fs%s", rnd, e["name"],
+                e["train_loss"], e["steps"], e["train_seconds"], privacy)
 
         log(INFO, "[round %d/%d] training on %d of %d nodes", rnd, fed.rounds, len(sampled), len(connected))
+        t0 = time.monotonic()
         self._send(sampled, MessageType.TRAIN, rnd, nodes, done)
-        summary = {"sampled": len(sampled), "aggregated": len(updates), "train_loss": _weighted(nodes, "train_loss", "examples")}
-        if len(updates) < fed.min_nodes:
+        summary = {"sampled": len(sampled), "secure_aggregation": secure,
+                   "train_loss": _weighted(nodes, "train_loss", "examples")}
+        ready = len(adverts) if secure else len(updates)
+        if ready < fed.min_nodes:
             log(WARNING, "[round %d] only %d usable updates (< min-nodes %d): global adapter unchanged",
-                rnd, len(updates), fed.min_nodes)
-            return {**summary, "aggregation": "skipped"}
-        delta_sum, total = weighted_sum(updates)
+                rnd, ready, fed.min_nodes)
+            return {**summary, "aggregated": 0, "aggregation": "skipped", "train_phase_seconds": _since(t0)}
+        if secure:
+            try:
+                result = self._secure_sum(rnd, adverts, nodes)
+            except SecAggError as exc:
+                log(WARNING, "[round %d] secure aggregation aborted, global adapter unchanged: %s", rnd, exc)
+                return {**summary, "aggregated": 0, "aggregation": "aborted", "secagg_error": str(exc),
+                        "dropped_nodes": [str(n) for n in adverts], "train_phase_seconds": _since(t0)}
+            delta_sum, total = unflatten(result.weighted_sum, self.global_arrays), result.total_weight
+            summary.update(dropped_nodes=[str(n) for n in result.dropped], secagg_seconds=round(result.seconds, 3),
+                           secagg={"degree": result.degree, "threshold": result.threshold, **result.stages})
+            aggregated = len(result.survivors)
+        else:
+            delta_sum, total = weighted_sum(updates)
+            aggregated = len(updates)
         self.global_arrays = self.strategy.step(self.global_arrays, delta_sum, total)
-        return {**summary, "aggregation": "fedavg"}
+        return {**summary, "aggregated": aggregated, "aggregation": "fedavg", "train_phase_seconds": _since(t0)}
+
+    def _secure_sum(self, rnd: int, adverts: dict, nodes: dict):
+        cfg = self.cfg
+        size = int(sum(a.size for a in self.global_arrays.values()))
+        server = SecAggServer(self.grid, rnd, self.run_id, size, clip_bound(cfg, size), cfg.secagg.dropout,
+                              cfg.secagg.stage_timeout, nodes)
+        result = server.run(adverts)
+        if len(result.survivors) < cfg.federation.min_nodes:
+            raise SecAggError(f"only {len(result.survivors)} nodes completed the protocol (< min-nodes "
+                              f"{cfg.federation.min_nodes})")
+        log(INFO, "[round %d] secure sum of %d nodes in %.1fs (dropped: %s)", rnd, len(result.survivors),
+            result.seconds, ", ".join(nodes.get(str(n), {}).get("name", str(n)) for n in result.dropped) or "none")
+        return result
+
+
+def _since(t0: float) -> float:
+    return round(time.monotonic() - t0, 3)
 
 
 @app.main()
@@ -144,7 +189,7 @@ def main(grid: Grid, context: Context) -> None:
     out = results_dir(cfg)
     start = time.monotonic()
     log(INFO, "fedtune: results will be written to %s", out)
-    coord = Coordinator(grid, cfg, out)
+    coord = Coordinator(grid, cfg, out, int(context.run_id))
     node_ids = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout)
     recorder = RunRecorder(out, {
         "config": cfg.to_flat(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

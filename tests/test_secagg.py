@@ -68,7 +68,7 @@ def test_two_of_eight_nodes_drop_and_the_round_completes(stage):
 
 def test_more_dropouts_than_the_threshold_allows_abort():
     x = _inputs()  # n = 8: complete graph, k = 7, t = 5 -> at most 2 neighbours may vanish
-    with pytest.raises(SecAggError, match="shares cannot recover"):
+    with pytest.raises(SecAggError, match="too many dropouts"):
         drive(x, {2: "mask", 4: "mask", 7: "mask"})
 
 

@@ -40,19 +40,17 @@ def test_rounds_are_recorded_from_round_zero(tiny_run):
     assert metrics[-1]["eval_loss"] < metrics[0]["eval_loss"]
 
 
-def test_nodes_send_only_the_lora_delta(tiny_run, tiny_peft):
-    """Every aggregated update passed the server's exact name/shape check (see Coordinator.train),
-    and its size is exactly that of a record holding only the LoRA tensors."""
-    from fedtune.adapters import get_adapter_arrays
-    from fedtune.messages import to_record
-
+def test_rounds_run_under_secure_aggregation_and_nodes_send_only_a_masked_lora_delta(tiny_run, tiny_peft):
+    """SecAgg+ is on by default: each node sends two public keys, encrypted key shares, one uint32
+    vector the size of the LoRA adapter (+1 word for its weight) and its metrics — never base weights."""
     model, _, _ = tiny_peft
-    lora_only = to_record(get_adapter_arrays(model)).count_bytes()  # tensors + names + .npy headers
+    adapter_values = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base_bytes = sum(p.numel() * 4 for p in model.parameters() if not p.requires_grad)
     for record in read_metrics(tiny_run.out / "metrics.jsonl")[1:]:
-        assert record["aggregated"] == 3
+        assert record["secure_aggregation"] is True and record["dropped_nodes"] == []
+        assert record["aggregated"] == 3 and record["secagg"]["threshold"] == 2
         for node in record["nodes"].values():
-            assert node["bytes_sent"] == lora_only
+            assert 4 * (adapter_values + 1) <= node["bytes_sent"] <= 4 * (adapter_values + 1) + 4096
             assert node["bytes_sent"] < base_bytes / 10
 
 

@@ -6,6 +6,8 @@ exact state of Opacus's accountants - so ε can be recomputed from scratch at an
 
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import warnings
 from typing import Iterable, Sequence
@@ -42,6 +44,7 @@ def epsilon(history: Sequence[Segment], delta: float, name: str = "rdp") -> floa
         return float(accountant_for(name, history).get_epsilon(delta=delta))
 
 
+@functools.lru_cache(maxsize=64)  # a pure function of its arguments; the search takes seconds on a CPU
 def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int, name: str = "rdp") -> float:
     """Smallest σ such that ``steps`` steps at ``sample_rate`` spend at most ``target_epsilon``."""
     with _quiet_orders():

@@ -57,6 +57,14 @@ class Encoding:
         return total.astype(np.uint32).view(np.int32).astype(np.float64) * self.unit
 
 
+def clip_bound(cfg, num_params: int) -> float:
+    """secagg.clip, or when 0 the auto bound 2 × lr × local-steps × sqrt(P): AdamW moves each of the P
+    adapter values by about lr per step, so one round's delta stays well inside it."""
+    if cfg.secagg.clip > 0:
+        return float(cfg.secagg.clip)
+    return float(2.0 * cfg.train.lr * cfg.train.local_steps * math.sqrt(num_params))
+
+
 def clip_l2(vector: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
     """Scale ``vector`` so its L2 norm is at most ``bound``; returns (clipped, original norm)."""
     norm = float(np.linalg.norm(vector.astype(np.float64)))

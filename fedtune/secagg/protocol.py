@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .params import Encoding
 from .crypto import (
     KEY_BYTES, KeyPair, SecAggError, agree, decrypt, digest, encrypt, prg_mask, public_key_of, recover_secret,
     share_secret,
@@ -39,6 +40,12 @@ class Setup:
     neighbours: dict[int, list[int]]  # node index (1..n) -> neighbour indices
     threshold: int
     length: int  # uint32 words per masked vector
+    clip: float = 1.0  # encoding range: each node's delta has L2 norm <= clip ...
+    max_weight: float = 1.0  # ... and its weight is <= max_weight (checked at the node)
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding(self.clip, self.max_weight, len(self.neighbours))
 
     def _ad(self, src: int, dst: int, model_hash: bytes) -> bytes:
         return digest(b"share", self.round_id, src.to_bytes(2, "big"), dst.to_bytes(2, "big"), model_hash)
@@ -51,6 +58,7 @@ class Setup:
         nodes = sorted(self.neighbours)
         return {
             "round_id": self.round_id, "threshold": self.threshold, "length": self.length, "nodes": nodes,
+            "clip": float(self.clip), "max_weight": float(self.max_weight),
             "degrees": [len(self.neighbours[i]) for i in nodes],
             "neighbours": [j for i in nodes for j in self.neighbours[i]],
         }
@@ -65,7 +73,10 @@ class Setup:
             graph[i], pos = flat[pos:pos + d], pos + d
         if any(j not in graph or j == i for i, js in graph.items() for j in js):
             raise SecAggError("neighbour graph names unknown nodes")
-        return cls(_bytes(cfg["round_id"]), graph, int(cfg["threshold"]), int(cfg["length"]))
+        clip, max_weight = float(cfg["clip"]), float(cfg["max_weight"])
+        if not (clip > 0 and max_weight > 0):
+            raise SecAggError("encoding bounds must be positive")
+        return cls(_bytes(cfg["round_id"]), graph, int(cfg["threshold"]), int(cfg["length"]), clip, max_weight)
 
 
 def _ints(values) -> list[int]:
@@ -176,7 +187,11 @@ class ClientSession:
             if j not in survivors and j not in dropped:
                 continue
             key = agree(self.c_key.private, self.peer_keys[j][0], b"share", self.setup.round_id)
-            plain = decrypt(key, ct, self.setup._ad(j, self.index, self.model_hash))
+            try:
+                plain = decrypt(key, ct, self.setup._ad(j, self.index, self.model_hash))
+            except SecAggError as exc:  # reveal nothing at all: the whole round must abort
+                raise SecAggError(f"key share from node {j}: {exc}; the nodes saw different global adapters "
+                                  "(or the share was altered), refusing to unmask") from exc
             if len(plain) != _SHARE_BYTES:
                 raise SecAggError("malformed share")
             src, dst, b_share, s_share = struct.unpack(_SHARE_FORMAT, plain)
@@ -210,10 +225,13 @@ def unmask_sum(
             if kind != expected:
                 raise SecAggError(f"node {j} revealed the wrong secret of node {i}")
             by_target.setdefault(i, {})[j] = share
+    for i in sorted(survivors) + sorted(dropped := {j for i in survivors for j in shared[i] if j not in survivors}):
+        if len(by_target.get(i, {})) < setup.threshold:
+            raise SecAggError(f"too many dropouts: node {i}'s masks can only be removed with {setup.threshold} "
+                              f"shares (the threshold) but {len(by_target.get(i, {}))} arrived")
     for i in survivors:
         b = recover_secret(by_target.get(i, {}), setup.threshold)
         total = total - prg_mask(b, setup.length)
-    dropped = {j for i in survivors for j in shared[i] if j not in survivors}
     for j in dropped:
         s_private = recover_secret(by_target.get(j, {}), setup.threshold)
         if public_key_of(s_private) != public_keys[j][1]:
