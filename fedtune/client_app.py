@@ -1,24 +1,20 @@
-"""The node's Flower ClientApp: train on local records (DP-SGD by default), evaluate, and send
-back only the LoRA delta.  The node's privacy budget and ledger are its own (privacy/guard.py)."""
+"""The node's Flower ClientApp: train on local records (DP-SGD by default), evaluate, and release
+the LoRA delta only through SecAgg+ (``train.secagg_*`` actions; or in the clear when
+``secagg.enabled=false``).  The node's privacy budget and ledger are its own (privacy/guard.py)."""
 
 from __future__ import annotations
 
-import zlib
-
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .adapters import delta, get_adapter_arrays, set_adapter_arrays
+from .adapters import set_adapter_arrays
 from .config import RunConfig
 from .evaluation import evaluate
 from .messages import error_reply, from_record, to_record
 from .node import cached_model, node_data
-from .privacy import DPStepper, plan_round
-from .privacy.guard import BUDGET_EXHAUSTED
+from .local_round import train_round
 from .secagg import client as secagg_client
 from .secagg.params import clip_bound
-from .training import train_local
 
 app = ClientApp()
 
@@ -42,35 +38,23 @@ def _reply(msg: Message, name: str, status: str, metrics: dict, **records) -> Me
 def train(msg: Message, context: Context) -> Message:
     secagg_client.forget(context.state)  # secrets of an earlier, unfinished round
     try:
-        cfg, model, encoder, data, global_arrays = _prepare(msg, context)
+        cfg = RunConfig.from_flat(context.run_config)
         rnd = int(msg.content["config"]["round"])
-        metrics: dict = {"examples": len(data.train), "num_records": len(data.train)}
-        stepper = privacy = None
-        if cfg.privacy.enabled:
-            privacy = plan_round(cfg, context.node_config, data.name, data.fingerprint, len(data.train),
-                                 int(context.run_id))
-            metrics.update(delta=privacy.ledger.delta, max_epsilon=privacy.max_epsilon,
-                           noise_multiplier=privacy.plan.noise_multiplier, sample_rate=privacy.plan.sample_rate)
-            if not privacy.allowed:  # the node's own budget decides; nothing is trained or sent
-                metrics.update(epsilon=privacy.epsilon_before, epsilon_if_trained=privacy.epsilon_after)
-                return _reply(msg, data.name, BUDGET_EXHAUSTED, metrics)
-            stepper = DPStepper(model, len(data.train), cfg.train, privacy.plan, cfg.privacy.clipping)
-        seed = int(np.random.SeedSequence([cfg.train.seed, rnd, zlib.crc32(data.name.encode())]).generate_state(1)[0])
-        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper)
-        update = delta(get_adapter_arrays(model), global_arrays)
+        global_arrays = from_record(msg.content["adapter"])
+        local = train_round(cfg, context.node_config, int(context.run_id), rnd, global_arrays)
+        if local.update is None:
+            return _reply(msg, local.data.name, local.status, local.metrics)
         if cfg.secagg.enabled:  # keep the delta here; only public keys leave now, a masked vector later
-            outgoing, clipped = secagg_client.start(context.state, rnd, global_arrays, update, len(data.train),
-                                                    clip_bound(cfg, sum(a.size for a in global_arrays.values())))
-            metrics["delta_clipped"] = int(clipped)
+            size = sum(a.size for a in global_arrays.values())
+            outgoing, clipped = secagg_client.start(context.state, rnd, global_arrays, local.update,
+                                                    len(local.data.train), clip_bound(cfg, size))
+            local.metrics["delta_clipped"] = int(clipped)
         else:
-            outgoing = to_record(update)
-        if privacy is not None:  # persist the spent budget before anything derived from the data leaves
-            metrics["epsilon"] = privacy.ledger.record(privacy.plan.segment, round=rnd, run_id=int(context.run_id))
+            outgoing = to_record(local.update)
     except Exception as exc:  # noqa: BLE001 - report to the server, never take the federation down
         secagg_client.forget(context.state)
         return error_reply(msg, exc)
-    metrics.update(train_loss=result.loss, steps=result.steps, samples=result.samples, train_seconds=result.seconds)
-    return _reply(msg, data.name, "ok", metrics, **{"secagg" if cfg.secagg.enabled else "delta": outgoing})
+    return _reply(msg, local.data.name, "ok", local.metrics, **{"secagg" if cfg.secagg.enabled else "delta": outgoing})
 
 
 def _secagg_stage(stage):

@@ -45,6 +45,21 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
+def _aggregation(r: dict) -> str:
+    """How a round's updates were combined, e.g. 'SecAgg+ of 6 (2 dropped)'."""
+    if not r.get("round"):
+        return "–"
+    how = r.get("aggregation", "")
+    if how == "aborted":
+        return f"aborted: {str(r.get('secagg_error', ''))[:80]}"
+    if how != "fedavg":
+        return how
+    if not r.get("secure_aggregation"):
+        return f"in the clear, {r.get('aggregated', 0)} nodes"
+    dropped = len(r.get("dropped_nodes", []))
+    return f"SecAgg+ of {r.get('aggregated', 0)}" + (f" ({dropped} dropped)" if dropped else "")
+
+
 def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
     cfg = meta.get("config", {})
     lines = ["# fedtune run report", ""]
@@ -65,8 +80,8 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
         "", "## Rounds", "",
         "Round 0 evaluates the initial adapter (LoRA B = 0, i.e. exactly the base model). Accuracy is exact "
         "match of the greedy answer on every node's held-out records, weighted by their counts.", "",
-        "| round | eval accuracy | eval loss | train loss | nodes trained | bytes sent (all nodes) | seconds |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| round | eval accuracy | eval loss | train loss | nodes trained | aggregation | bytes sent (all nodes) | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in records:
         nodes = r.get("nodes", {})
@@ -74,7 +89,7 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
         sent = sum(n.get("bytes_sent", 0) for n in trained)
         lines.append(
             f"| {r['round']} | {_fmt(r.get('eval_accuracy'), '.1%')} | {_fmt(r.get('eval_loss'))} | "
-            f"{_fmt(r.get('train_loss'))} | {len(trained) if r['round'] else '–'} | "
+            f"{_fmt(r.get('train_loss'))} | {len(trained) if r['round'] else '–'} | {_aggregation(r)} | "
             f"{sent if r['round'] else '–'} | {_fmt(r.get('seconds'), '.1f')} |"
         )
     if records and records[-1].get("nodes"):

@@ -126,9 +126,11 @@ def simulate(
     return run_simulation_config(cfg, info, out, quiet)
 
 
-def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, quiet: bool) -> SimulationResult:
-    if not (APP_DIR / "pyproject.toml").is_file():
-        raise SimulationError(f"fedtune simulate runs the Flower app from a source checkout; {APP_DIR} has no pyproject.toml")
+def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, quiet: bool,
+                          app_dir: Path = APP_DIR) -> SimulationResult:
+    """``app_dir``: the Flower app to run (fedtune's own by default; benchmarks pass comparison apps)."""
+    if not (app_dir / "pyproject.toml").is_file():
+        raise SimulationError(f"fedtune simulate runs the Flower app from a source checkout; {app_dir} has no pyproject.toml")
     out_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     resolve_model_path(cfg.model.name)  # convert/cache the model once here, not in every process
@@ -141,7 +143,7 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
     env = flower_env(home)
     cpus = info.cpus_per_node or os.cpu_count() or 1
     federation = f"num-supernodes={info.num_nodes} client-resources-num-cpus={cpus} init-args-log-to-driver=false"
-    cmd = ["flwr", "run", str(APP_DIR), "--stream", "--federation-config", federation, "--run-config", str(run_config)]
+    cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", federation, "--run-config", str(run_config)]
     log_path = out_dir / "simulation.log"
     start = time.monotonic()
     try:

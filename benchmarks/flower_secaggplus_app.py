@@ -1,0 +1,89 @@
+"""Comparison point only: the same local work under Flower's built-in (legacy-API) SecAgg+.
+
+Flower's SecAgg+ exists only for the legacy API (``LegacyContext`` + ``NumPyClient`` +
+``secaggplus_mod``), so this is a separate Flower app.  Nodes run exactly fedtune's local round
+(``fedtune.local_round.train_round``: same data, model, DP-SGD and ledger) and hand the delta to
+Flower's mod, which masks it.  The server times each fit round; every node appends the size of
+each reply it sends (after masking) to ``<output.dir>/flower-bytes-<node>.jsonl``.
+``benchmarks/secagg_overhead.py`` runs this app; it is not part of fedtune.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.common import ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import ServerApp
+
+from fedtune.adapters import get_adapter_arrays
+from fedtune.config import RunConfig
+from fedtune.files import atomic_write_text
+from fedtune.local_round import train_round
+from fedtune.messages import reply_bytes
+from fedtune.node import cached_model
+from fedtune.secagg.params import degree, threshold
+
+
+def _adapter_names(cfg: RunConfig) -> list[str]:
+    model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
+    return list(get_adapter_arrays(model))
+
+
+class LocalNode(NumPyClient):
+    def __init__(self, context):
+        self.ctx = context
+
+    def fit(self, parameters, config):
+        cfg = RunConfig.from_flat(self.ctx.run_config)
+        global_arrays = OrderedDict(zip(_adapter_names(cfg), parameters))
+        local = train_round(cfg, self.ctx.node_config, int(self.ctx.run_id), int(config["round"]), global_arrays)
+        if local.update is None:
+            raise RuntimeError(f"{local.data.name}: {local.status}")
+        return list(local.update.values()), len(local.data.train), {}
+
+
+def measure_bytes(msg, context, call_next):
+    """Outermost mod: sees each reply exactly as it leaves the node (masked by secaggplus_mod)."""
+    reply = call_next(msg, context)
+    out = Path(RunConfig.from_flat(context.run_config).output.dir)
+    with (out / f"flower-bytes-{context.node_id}.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"round": msg.metadata.group_id, "type": msg.metadata.message_type,
+                            "bytes": reply_bytes(reply)}) + "\n")
+    return reply
+
+
+client_app = ClientApp(client_fn=lambda context: LocalNode(context).to_client(), mods=[measure_bytes, secaggplus_mod])
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid, context) -> None:
+    cfg = RunConfig.from_flat(context.run_config)
+    out = Path(cfg.output.dir)
+    model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
+    n = cfg.federation.min_nodes
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
+                      on_fit_config_fn=lambda rnd: {"round": rnd},
+                      initial_parameters=ndarrays_to_parameters(list(get_adapter_arrays(model).values())))
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds), strategy=strategy)
+    k = degree(n)  # same graph degree and threshold as fedtune's SecAgg+ (+1: Flower counts the node itself)
+    secagg = SecAggPlusWorkflow(num_shares=k + 1, reconstruction_threshold=threshold(k, cfg.secagg.dropout) + 1)
+    rounds = []
+
+    def timed_fit(grid, ctx) -> None:
+        t0 = time.monotonic()
+        secagg(grid, ctx)
+        rounds.append({"round": len(rounds) + 1, "train_phase_seconds": round(time.monotonic() - t0, 3)})
+
+    DefaultWorkflow(fit_workflow=timed_fit)(grid, legacy)
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rounds))
+    atomic_write_text(out / "report.md", "# Flower built-in SecAgg+ (comparison run)\n\nSee metrics.jsonl.\n")
