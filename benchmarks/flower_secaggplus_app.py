@@ -4,7 +4,7 @@ Flower's SecAgg+ exists only for the legacy API (``LegacyContext`` + ``NumPyClie
 ``secaggplus_mod``), so this is a separate Flower app.  Nodes run exactly fedtune's local round
 (``fedtune.local_round.train_round``: same data, model, DP-SGD and ledger) and hand the delta to
 Flower's mod, which masks it.  The server times each fit round; every node appends the size of
-each reply it sends (after masking) to ``<output.dir>/flower-bytes-<node>.jsonl``.
+each reply it sends (after masking) and its training seconds to ``<output.dir>/flower-node-<node>.jsonl``.
 ``benchmarks/secagg_overhead.py`` runs this app; it is not part of fedtune.
 """
 
@@ -48,16 +48,20 @@ class LocalNode(NumPyClient):
         local = train_round(cfg, self.ctx.node_config, int(self.ctx.run_id), int(config["round"]), global_arrays)
         if local.update is None:
             raise RuntimeError(f"{local.data.name}: {local.status}")
+        _log(self.ctx, {"round": str(config["round"]), "train_seconds": local.metrics["train_seconds"]})
         return list(local.update.values()), len(local.data.train), {}
+
+
+def _log(context, record: dict) -> None:
+    out = Path(RunConfig.from_flat(context.run_config).output.dir)
+    with (out / f"flower-node-{context.node_id}.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def measure_bytes(msg, context, call_next):
     """Outermost mod: sees each reply exactly as it leaves the node (masked by secaggplus_mod)."""
     reply = call_next(msg, context)
-    out = Path(RunConfig.from_flat(context.run_config).output.dir)
-    with (out / f"flower-bytes-{context.node_id}.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps({"round": msg.metadata.group_id, "type": msg.metadata.message_type,
-                            "bytes": reply_bytes(reply)}) + "\n")
+    _log(context, {"round": msg.metadata.group_id, "type": msg.metadata.message_type, "bytes": reply_bytes(reply)})
     return reply
 
 

@@ -10,7 +10,9 @@ DP-SGD on) with 8 simulated nodes, each a full Flower simulation (``flwr run``) 
     python benchmarks/secagg_overhead.py [--nodes 8] [--rounds 1] [--out DIR] [--set KEY=VALUE ...]
 
 Round time = wall time of a round's training phase on the server (train messages out → aggregate
-ready: local training, key exchange, masking, unmasking), averaged over rounds. Bytes = what each
+ready: local training, key exchange, masking, unmasking), averaged over rounds; "node training" is
+the sum of the nodes' own training seconds in it (under DP, Poisson batch sizes vary from run to
+run, so compare "rest of the round" for the protocol's cost). Bytes = what each
 node sends in that phase (payload bytes of its replies as Flower counts them), mean over nodes.
 The full model is the base model's parameter count × 4 bytes (fp32, as loaded).  Last line:
 ``secagg_time_ratio=X bytes_fraction_of_model=Y bytes_vs_flower_secaggplus=Z``.
@@ -46,24 +48,28 @@ def flower_app_dir(tmp: Path) -> Path:
     return app
 
 
-def fedtune_numbers(out: Path) -> tuple[list[float], float]:
+def fedtune_numbers(out: Path) -> tuple[list[float], float, list[float]]:
     rounds = [m for m in read_metrics(out / "metrics.jsonl") if m["round"] > 0]
-    per_node = [n["bytes_sent"] for m in rounds for n in m["nodes"].values() if n.get("status") == "ok"]
     for m in rounds:
         if m.get("aggregation") != "fedavg":
             raise SystemExit(f"{out}: round {m['round']} was not aggregated ({m.get('aggregation')})")
-    return [m["train_phase_seconds"] for m in rounds], statistics.mean(per_node)
+    per_node = [n["bytes_sent"] for m in rounds for n in m["nodes"].values() if n.get("status") == "ok"]
+    training = [sum(n.get("train_seconds", 0.0) for n in m["nodes"].values()) for m in rounds]
+    return [m["train_phase_seconds"] for m in rounds], statistics.mean(per_node), training
 
 
-def flower_numbers(out: Path) -> tuple[list[float], float]:
+def flower_numbers(out: Path) -> tuple[list[float], float, list[float]]:
     rounds = read_metrics(out / "metrics.jsonl")
-    per_node_round: dict[tuple[str, str], int] = {}
-    for path in out.glob("flower-bytes-*.jsonl"):
+    sent: dict[tuple[str, str], int] = {}
+    training: dict[str, float] = {}
+    for path in out.glob("flower-node-*.jsonl"):
         for line in path.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
-            key = (path.stem, rec["round"])
-            per_node_round[key] = per_node_round.get(key, 0) + rec["bytes"]
-    return [m["train_phase_seconds"] for m in rounds], statistics.mean(per_node_round.values())
+            if "bytes" in rec:
+                sent[(path.stem, rec["round"])] = sent.get((path.stem, rec["round"]), 0) + rec["bytes"]
+            else:
+                training[rec["round"]] = training.get(rec["round"], 0.0) + rec["train_seconds"]
+    return [m["train_phase_seconds"] for m in rounds], statistics.mean(sent.values()), list(training.values())
 
 
 def full_model_bytes(cfg) -> int:
@@ -96,17 +102,19 @@ def main() -> None:
         out = root / f"{i + 1}-{name.lower().replace(' ', '-').replace('+', 'plus')}"
         print(f"[{i + 1}/{len(configs)}] {name}: {args.nodes} nodes, {args.rounds} round(s) -> {out}", flush=True)
         run_simulation_config(cfg, info, out, quiet=True, app_dir=app_dir)
-        times, sent = numbers(out)
-        rows.append((name, statistics.mean(times), sent))
-        print(f"    round {statistics.mean(times):.1f} s, {sent:,.0f} bytes per node", flush=True)
+        times, sent, training = numbers(out)
+        rows.append((name, statistics.mean(times), sent, statistics.mean(training)))
+        print(f"    round {statistics.mean(times):.1f} s (node training {statistics.mean(training):.1f} s), "
+              f"{sent:,.0f} bytes per node", flush=True)
     model_bytes = full_model_bytes(load_preset(args.preset, base)[0])
 
     print(f"\nworkload: {Path(args.preset).name}, {args.nodes} nodes, {args.rounds} round(s); "
           f"full model {model_bytes:,} bytes (fp32)")
-    print(f"| configuration | round wall time (s) | bytes sent per node | vs full model |")
-    print("|---|---:|---:|---:|")
-    for name, t, b in rows:
-        print(f"| {name} | {t:.1f} | {b:,.0f} | {100 * b / model_bytes:.3f}% |")
+    print("| configuration | round wall time (s) | of which node training (s) | rest of the round (s) "
+          "| bytes sent per node | vs full model |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, t, b, tr in rows:
+        print(f"| {name} | {t:.1f} | {tr:.1f} | {t - tr:.1f} | {b:,.0f} | {100 * b / model_bytes:.3f}% |")
     ours, plain, flower = rows
     print(f"secagg_time_ratio={ours[1] / plain[1]:.3f} bytes_fraction_of_model={ours[2] / model_bytes:.5f} "
           f"bytes_vs_flower_secaggplus={ours[2] / flower[2]:.3f}")

@@ -153,8 +153,9 @@ class Coordinator:
                 result = self._secure_sum(rnd, adverts, nodes)
             except SecAggError as exc:
                 log(WARNING, "[round %d] secure aggregation aborted, global adapter unchanged: %s", rnd, exc)
+                gone = [str(n) for n in adverts if nodes.get(str(n), {}).get("status") in ("dropped", "error")]
                 return {**summary, "aggregated": 0, "aggregation": "aborted", "secagg_error": str(exc),
-                        "dropped_nodes": [str(n) for n in adverts], "train_phase_seconds": _since(t0)}
+                        "dropped_nodes": gone, "train_phase_seconds": _since(t0)}
             delta_sum, total = unflatten(result.weighted_sum, self.global_arrays), result.total_weight
             summary.update(dropped_nodes=[str(n) for n in result.dropped], secagg_seconds=round(result.seconds, 3),
                            secagg={"degree": result.degree, "threshold": result.threshold, **result.stages})

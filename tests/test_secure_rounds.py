@@ -140,6 +140,7 @@ def test_more_dropouts_than_the_threshold_allows_abort_and_keep_the_global_adapt
     grid.drop_at = {nid: "train.secagg_mask" for nid in grid.node_ids[:4]}  # 4 of 8 > 7 - threshold 5
     summary = coord.train(1, {})
     assert summary["aggregation"] == "aborted" and "threshold" in summary["secagg_error"]
+    assert sorted(summary["dropped_nodes"]) == sorted(str(n) for n in grid.node_ids[:4])
     assert coord.strategy.calls == []
     assert all(np.array_equal(before[n], a) for n, a in coord.global_arrays.items())
     for nid, context in grid.contexts.items():  # every node still present has erased its round secrets
