@@ -1,4 +1,5 @@
-"""``fedtune`` command line: simulate, generate, privacy show, model prepare."""
+"""``fedtune`` command line: simulate, generate, privacy show, data synthetic, certs,
+node-key, model prepare."""
 
 from __future__ import annotations
 
@@ -66,6 +67,40 @@ def _cmd_model_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from .deploy.certs import create_certificates
+
+    paths = create_certificates(args.out, args.host, days=args.days, force=args.force)
+    print(f"CA certificate  {paths.ca_cert}   (give it to every node operator: --root-certificates)\n"
+          f"CA key          {paths.ca_key}   (keep it private; it signs server certificates)\n"
+          f"server cert     {paths.server_cert}   (flower-superlink --ssl-certfile; valid for {', '.join(args.host)})\n"
+          f"server key      {paths.server_key}   (flower-superlink --ssl-keyfile)")
+    return 0
+
+
+def _cmd_node_key(args: argparse.Namespace) -> int:
+    from .deploy.node_keys import create_node_key
+
+    key = create_node_key(args.out, args.name, force=args.force)
+    print(f"private key  {key.private}   (stays on this node: flower-supernode --auth-supernode-private-key)\n"
+          f"public key   {key.public}   (send it to the coordinator, who admits it with "
+          f"`flwr supernode register {key.public.name}`)")
+    return 0
+
+
+def _cmd_data_synthetic(args: argparse.Namespace) -> int:
+    from .data import generate_triage
+    from .data.records import write_jsonl
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(generate_triage(args.records, args.seed), out)
+    print(f"{args.records} synthetic triage records (seed {args.seed}) -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedtune", description="Federated, privacy-preserving LoRA fine-tuning on Flower")
     sub = p.add_subparsers(dest="command", required=True)
@@ -91,6 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--state", required=True, help="the node's state directory (searched recursively)")
     ps.set_defaults(func=_cmd_privacy_show)
 
+    d = sub.add_parser("data", help="data utilities")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("synthetic", help="write synthetic triage records (JSONL) to try a node without real data")
+    ds.add_argument("--out", required=True, help="JSONL file to write")
+    ds.add_argument("--records", type=int, default=300)
+    ds.add_argument("--seed", type=int, default=0, help="use a different seed per node")
+    ds.add_argument("--force", action="store_true", help="replace an existing file")
+    ds.set_defaults(func=_cmd_data_synthetic)
+
+    c = sub.add_parser("certs", help="create a CA and the SuperLink's TLS certificate (coordinator)")
+    c.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
+    c.add_argument("--host", action="append", required=True, metavar="NAME_OR_IP",
+                   help="a host name or IP nodes use to reach the SuperLink (repeatable; all go into the SANs)")
+    c.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    c.add_argument("--force", action="store_true", help="replace existing files")
+    c.set_defaults(func=_cmd_certs)
+
+    nk = sub.add_parser("node-key", help="create a node's authentication key pair (node operator)")
+    nk.add_argument("--out", required=True, help="folder for NAME (private) and NAME.pub")
+    nk.add_argument("--name", default="node-key", help="file name and key comment (default: node-key)")
+    nk.add_argument("--force", action="store_true", help="replace an existing key pair")
+    nk.set_defaults(func=_cmd_node_key)
+
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", required=True)
     mp = msub.add_parser("prepare", help="convert/cache a model once (default: the packaged SmolLM2)")
@@ -102,13 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataError
+    from .deploy.certs import CertError
     from .model import ModelError
     from .privacy.ledger import LedgerError
     from .simulation import SimulationError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, SimulationError, LedgerError) as exc:
+    except (ConfigError, DataError, ModelError, SimulationError, LedgerError, CertError) as exc:
         print(f"fedtune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

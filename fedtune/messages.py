@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from logging import ERROR
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message
+from flwr.common.logger import log
 
 # Error codes our ClientApp uses in error replies (Flower reserves small codes for its own).
 NODE_ERROR = 100
@@ -31,7 +33,9 @@ def reply_bytes(reply: Message) -> int:
 
 
 def error_reply(msg: Message, exc: BaseException) -> Message:
-    """Reply with a readable error instead of crashing: the federation carries on without us."""
+    """Reply with a readable error instead of crashing: the federation carries on without us.
+    The same message goes to this node's own log, for its operator."""
+    log(ERROR, "fedtune node: %s failed: %s: %s", msg.metadata.message_type, type(exc).__name__, exc)
     return Message(error=Error(code=NODE_ERROR, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
 

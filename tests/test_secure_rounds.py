@@ -215,3 +215,15 @@ def test_a_stage_for_another_round_is_refused_and_erases_the_secrets(tiny_peft):
     with pytest.raises(SecAggError, match="round"):
         secagg_client.share(state, ConfigRecord({"round": 1}))
     assert len(state) == 0
+
+
+def test_a_node_whose_data_file_is_missing_reports_it_and_the_round_goes_on(run_config, tmp_path, caplog):
+    grid, coord, _, _ = federation(run_config, tmp_path)
+    broken = grid.node_ids[2]
+    grid.contexts[broken].node_config = {"data-path": str(tmp_path / "nowhere.jsonl"), "name": "st-elsewhere",
+                                         "state-dir": str(tmp_path / "st-elsewhere")}
+    nodes: dict = {}
+    summary = coord.train(1, nodes)
+    assert summary["aggregation"] == "fedavg" and summary["aggregated"] == NODES - 1
+    assert nodes[str(broken)]["status"] == "error" and "nowhere.jsonl" in nodes[str(broken)]["error"]
+    assert any("nowhere.jsonl" in r.getMessage() for r in caplog.records)  # the node's own log, for its operator

@@ -1,0 +1,196 @@
+"""A real deployment on loopback: SuperLink + 3 SuperNodes as separate processes, TLS and node
+authentication on, started with the operator scripts in server/ and clients/; a run of the app
+(tiny model, DP and SecAgg+ on) submitted with `flwr run`; an unknown node refused; and a canary
+planted in one node's data found nowhere on the coordinator.  Run alone: pytest -m deployment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fedtune.data import generate_triage
+from fedtune.data.records import write_jsonl
+from fedtune.simulation import read_metrics
+
+pytestmark = pytest.mark.deployment
+
+ROOT = Path(__file__).resolve().parent.parent
+CANARY = "CANARY-a9f3e1c7-do-not-leak"
+NODES = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Every process the test starts, each in its own process group, all stopped at the end."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd, env, log: Path) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        """SIGTERM every process group (the SuperLink/SuperNode and the helpers they spawned), then
+        SIGKILL whatever is left in those groups."""
+        groups = [p.pid for p in self.procs]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pgid in groups:
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 15
+            while self.alive_groups() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        for p in self.procs:
+            p.wait(timeout=5)
+
+    def alive_groups(self) -> list[int]:
+        alive = []
+        for p in self.procs:
+            p.poll()
+            try:
+                os.killpg(p.pid, 0)
+                alive.append(p.pid)
+            except ProcessLookupError:
+                pass
+        return alive
+
+
+def _wait_healthy(port: int, ca: Path, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"SuperLink exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/health", context=ctx, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"SuperLink not healthy after {timeout}s: {log.read_text()[-2000:]}")
+
+
+def _run(cmd, env, timeout=120) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, tiny_model_dir):
+    base = tmp_path_factory.mktemp("deploy")
+    coord, port = base / "coordinator", _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FEDTUNE_COORDINATOR_DIR": str(coord), "FEDTUNE_SUPERLINK_BIND": "127.0.0.1",
+           "FEDTUNE_SUPERLINK_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    procs = Processes()
+    try:
+        _run(["bash", ROOT / "server" / "init-coordinator.sh", "127.0.0.1", "localhost"], env)
+        coord_log = base / "superlink.out"
+        link = procs.start(["bash", ROOT / "server" / "start-superlink.sh"], env, coord_log)
+        _wait_healthy(port, coord / "certs" / "ca.crt", link, coord_log)
+
+        records = generate_triage(60 * (NODES + 1), seed=3)
+        first = records[0]
+        records[0] = dataclasses.replace(first, messages=tuple(
+            {**m, "content": m["content"] + f" Patient ref {CANARY}."} if m["role"] == "user" else m
+            for m in first.messages))
+        nodes = []
+        for i in range(NODES + 1):  # the last one is never admitted
+            node_dir = base / f"node-{i}"
+            _run([sys.executable, "-m", "fedtune.cli", "node-key", "--out", str(node_dir)], env)
+            (node_dir / "ca.crt").write_bytes((coord / "certs" / "ca.crt").read_bytes())
+            write_jsonl(records[60 * i: 60 * (i + 1)], node_dir / "records.jsonl")
+            (node_dir / "node-config.toml").write_text(
+                f'name = "hospital-{i}"\ndata-path = "{node_dir / "records.jsonl"}"\n'
+                f'state-dir = "{node_dir / "state"}"\nmax-epsilon = 8.0\n')
+            if i < NODES:
+                _run(["bash", ROOT / "server" / "admit-node.sh", node_dir / "node-key.pub", f"hospital-{i}"], env)
+            nodes.append(node_dir)
+        assert CANARY in (nodes[0] / "records.jsonl").read_text()  # the canary is really in node 0's data
+
+        node_env = lambda d: {**env, "FEDTUNE_NODE_DIR": str(d), "FEDTUNE_SUPERLINK": f"127.0.0.1:{port}",  # noqa: E731
+                               "FEDTUNE_NODE_PORT": str(_free_port())}
+        for d in nodes[:NODES]:
+            procs.start(["bash", ROOT / "clients" / "start-supernode.sh"], node_env(d), d / "supernode.out")
+        rogue = procs.start(["bash", ROOT / "clients" / "start-supernode.sh"], node_env(nodes[NODES]),
+                            nodes[NODES] / "supernode.out")
+
+        results = base / "results"
+        run_config = base / "run-config.toml"
+        run_config.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {
+            "output.dir": str(results), "model.name": str(tiny_model_dir), "model.precision": "fp32",
+            "lora.r": 4, "lora.alpha": 8.0, "train.batch-size": 4, "train.local-steps": 2,
+            "federation.rounds": 2, "federation.min-nodes": NODES, "federation.node-wait-timeout": 120.0,
+            "privacy.enabled": True, "secagg.enabled": True, "secagg.stage-timeout": 120.0,
+        }.items()) + "\n")
+        submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", run_config], env=env,
+                                capture_output=True, text=True, timeout=900)
+        yield {"base": base, "coord": coord, "results": results, "nodes": nodes, "rogue": rogue, "submit": submit,
+               "env": env, "coord_log": coord_log}
+    finally:
+        procs.stop_all()
+        assert not procs.alive_groups(), "a started process (or one it spawned) survived"
+
+
+def test_a_tls_federation_with_authenticated_nodes_completes_the_run(deployment, tiny_model_dir):
+    results = deployment["results"]
+    assert deployment["submit"].returncode == 0, deployment["submit"].stdout[-3000:]
+    assert (results / "report.md").is_file(), deployment["submit"].stdout[-3000:] + deployment["submit"].stderr[-2000:]
+    metrics = read_metrics(results / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    for m in metrics[1:]:
+        assert m["secure_aggregation"] is True and m["aggregated"] == NODES and m["aggregation"] == "fedavg"
+        names = sorted(n["name"] for n in m["nodes"].values())
+        assert names == [f"hospital-{i}" for i in range(NODES)]  # from each node's own config
+        assert all(n["epsilon"] <= n["max_epsilon"] for n in m["nodes"].values())
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(results / "adapter"))
+    assert any("lora_" in n for n, _ in model.named_parameters())
+    for node in deployment["nodes"][:NODES]:  # each node's ledger lives in its own state dir
+        assert list((node / "state").rglob("*.json")), f"no privacy ledger in {node / 'state'}"
+
+
+def test_a_node_with_an_unknown_key_is_refused(deployment):
+    rogue = deployment["rogue"]
+    rogue.wait(timeout=60)
+    assert rogue.returncode != 0
+    log = (deployment["nodes"][NODES] / "supernode.out").read_text()
+    assert "Failed to activate SuperNode" in log or "2004" in log, log[-2000:]
+
+
+def test_a_canary_in_a_node_s_data_reaches_nothing_on_the_coordinator(deployment):
+    needle = CANARY.encode()
+    places = [deployment["coord"], deployment["results"], deployment["coord_log"]]
+    checked = 0
+    for place in places:
+        files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]
+        for f in files:
+            checked += 1
+            assert needle not in f.read_bytes(), f"canary found in {f}"
+    db = deployment["coord"] / "state" / "superlink.db"
+    assert db.is_file() and checked > 10
+    assert needle not in deployment["submit"].stdout.encode()  # the streamed ServerApp log
