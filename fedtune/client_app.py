@@ -39,6 +39,9 @@ def train(msg: Message, context: Context) -> Message:
     secagg_client.forget(context.state)  # secrets of an earlier, unfinished round
     try:
         cfg = RunConfig.from_flat(context.run_config)
+        if not cfg.secagg.enabled and secagg_client.require_secagg(context.node_config):
+            raise PermissionError("this node only sends its update under secure aggregation, but the run has "
+                                  "secagg.enabled=false (node config: require-secagg)")
         rnd = int(msg.content["config"]["round"])
         global_arrays = from_record(msg.content["adapter"])
         local = train_round(cfg, context.node_config, int(context.run_id), rnd, global_arrays)

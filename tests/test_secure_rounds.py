@@ -227,3 +227,13 @@ def test_a_node_whose_data_file_is_missing_reports_it_and_the_round_goes_on(run_
     assert summary["aggregation"] == "fedavg" and summary["aggregated"] == NODES - 1
     assert nodes[str(broken)]["status"] == "error" and "nowhere.jsonl" in nodes[str(broken)]["error"]
     assert any("nowhere.jsonl" in r.getMessage() for r in caplog.records)  # the node's own log, for its operator
+
+
+def test_a_deployed_node_refuses_to_send_its_delta_in_the_clear(run_config, tmp_path):
+    grid, coord, _, _ = federation(run_config, tmp_path, **{"secagg.enabled": False})
+    deployed = grid.node_ids[0]
+    grid.contexts[deployed].node_config = {"data-path": str(tmp_path / "d.jsonl"), "state-dir": str(tmp_path / "s")}
+    nodes: dict = {}
+    coord.train(1, nodes)
+    assert nodes[str(deployed)]["status"] == "error" and "secure aggregation" in nodes[str(deployed)]["error"]
+    assert not any(nid == deployed and "delta" in r.content for _, nid, r in grid.sent if not r.has_error())
