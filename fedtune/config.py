@@ -92,8 +92,9 @@ class DataConfig:
     )
     records: int = _opt(1600, "number of synthetic records generated in total (all nodes)", _positive)
     eval_fraction: float = _opt(0.1, "fraction of each node's records held out for evaluation", _open_fraction)
-    partition: str = _opt("label-skew", "how simulation splits records across nodes", _one_of("label-skew", "iid"))
-    alpha: float = _opt(0.5, "Dirichlet concentration of the label skew (smaller = more skewed)", _positive)
+    partition: str = _opt("label-skew", "how simulation splits records across nodes",
+                          _one_of("label-skew", "iid", "quantity-skew"))
+    alpha: float = _opt(0.5, "Dirichlet concentration of the label or quantity skew (smaller = more skewed)", _positive)
     seed: int = _opt(0, "seed of data generation and partitioning")
 
 

@@ -111,3 +111,19 @@ def test_simulation_can_split_a_users_jsonl_and_a_node_can_read_its_own_file(tmp
     assert name == "St Mary's" and len(train) + len(held) == 60 and len(held) == 6  # eval-fraction 0.1
     with pytest.raises(DataError, match="data file not found"):
         node_examples(DataConfig(), {"data-path": str(tmp_path / "missing.jsonl")})
+
+
+def test_quantity_skew_partition_sizes_are_skewed_complete_and_reproducible():
+    ex = generate_triage(1200, seed=0)
+    parts = partition(ex, 6, "quantity-skew", alpha=0.5, seed=4)
+    assert parts == partition(ex, 6, "quantity-skew", alpha=0.5, seed=4)
+    assert sorted(i for p in parts for i in p) == list(range(1200))  # disjoint and complete
+    sizes = np.array([len(p) for p in parts])
+    assert sizes.min() >= 1200 // 60
+    even = np.array([len(p) for p in partition(ex, 6, "quantity-skew", alpha=1000.0, seed=4)])
+    assert sizes.std() > 3 * even.std()  # small alpha: very uneven sizes; large alpha: nearly even
+    # labels stay IID: each node's label mix is close to the pool's
+    pool = {d: sum(e.label == d for e in ex) / len(ex) for d in DEPARTMENTS}
+    big = max(parts, key=len)
+    for d in DEPARTMENTS:
+        assert abs(sum(ex[i].label == d for i in big) / len(big) - pool[d]) < 0.1

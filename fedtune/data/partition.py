@@ -44,6 +44,20 @@ def iid_partition(n: int, num_nodes: int, seed: int) -> list[list[int]]:
     return [sorted(chunk.tolist()) for chunk in np.array_split(idx, num_nodes)]
 
 
+def quantity_skew_partition(n: int, num_nodes: int, alpha: float, seed: int) -> list[list[int]]:
+    """Quantity skew: node sizes proportional to Dirichlet(alpha) draws (labels stay IID), every
+    node keeping at least ~10% of an even share (so each can hold out evaluation records)."""
+    rng = np.random.default_rng(seed)
+    min_size = max(2, n // (num_nodes * 10))
+    if min_size * num_nodes > n:
+        raise ValueError(f"{n} records are too few for {num_nodes} nodes of at least {min_size} records")
+    props = rng.dirichlet(np.full(num_nodes, alpha))
+    sizes = min_size + np.floor(props * (n - min_size * num_nodes)).astype(int)
+    sizes[np.argmax(props)] += n - int(sizes.sum())  # rounding remainder to the largest node
+    idx = rng.permutation(n)
+    return [sorted(chunk.tolist()) for chunk in np.split(idx, np.cumsum(sizes)[:-1])]
+
+
 def partition(examples: Sequence[Example], num_nodes: int, kind: str, alpha: float, seed: int) -> list[list[int]]:
     if num_nodes < 1:
         raise ValueError("num_nodes must be >= 1")
@@ -53,6 +67,8 @@ def partition(examples: Sequence[Example], num_nodes: int, kind: str, alpha: flo
         return iid_partition(len(examples), num_nodes, seed)
     if kind == "label-skew":
         return label_skew_partition([e.label for e in examples], num_nodes, alpha, seed)
+    if kind == "quantity-skew":
+        return quantity_skew_partition(len(examples), num_nodes, alpha, seed)
     raise ValueError(f"unknown partition kind {kind!r}")
 
 
