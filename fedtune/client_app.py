@@ -7,25 +7,14 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .adapters import set_adapter_arrays
 from .config import RunConfig
 from .evaluation import evaluate
 from .messages import error_reply, from_record, to_record
-from .node import cached_model, node_data
-from .local_round import train_round
+from .local_round import prepare_node, train_round
 from .secagg import client as secagg_client
 from .secagg.params import clip_bound
 
 app = ClientApp()
-
-
-def _prepare(msg: Message, context: Context):
-    cfg = RunConfig.from_flat(context.run_config)
-    model, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
-    data = node_data(cfg, context.node_config)
-    global_arrays = from_record(msg.content["adapter"])
-    set_adapter_arrays(model, global_arrays)  # refuses anything that is not exactly our adapter
-    return cfg, model, encoder, data, global_arrays
 
 
 def _reply(msg: Message, name: str, status: str, metrics: dict, **records) -> Message:
@@ -79,7 +68,8 @@ app.train("secagg_unmask")(_secagg_stage(secagg_client.unmask))
 @app.evaluate()
 def evaluate_adapter(msg: Message, context: Context) -> Message:
     try:
-        cfg, model, encoder, data, _ = _prepare(msg, context)
+        cfg = RunConfig.from_flat(context.run_config)
+        model, encoder, data = prepare_node(cfg, context.node_config, from_record(msg.content["adapter"]))
         result = evaluate(model, encoder, data.eval, cfg.train.eval_batch_size, cfg.model.precision)
     except Exception as exc:  # noqa: BLE001
         return error_reply(msg, exc)

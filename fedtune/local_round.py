@@ -30,11 +30,17 @@ class LocalRound:
     update: "OrderedDict[str, np.ndarray] | None" = None
 
 
-def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int,
-                global_arrays: Mapping[str, np.ndarray]) -> LocalRound:
+def prepare_node(cfg: RunConfig, node_config: Mapping, global_arrays: Mapping[str, np.ndarray]):
+    """(model holding the received global adapter, encoder, this node's data)."""
     model, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
     data = node_data(cfg, node_config)
     set_adapter_arrays(model, global_arrays)  # refuses anything that is not exactly our adapter
+    return model, encoder, data
+
+
+def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int,
+                global_arrays: Mapping[str, np.ndarray]) -> LocalRound:
+    model, encoder, data = prepare_node(cfg, node_config, global_arrays)
     metrics: dict = {"examples": len(data.train), "num_records": len(data.train)}
     stepper = privacy = None
     if cfg.privacy.enabled:

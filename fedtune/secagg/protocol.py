@@ -225,7 +225,8 @@ def unmask_sum(
             if kind != expected:
                 raise SecAggError(f"node {j} revealed the wrong secret of node {i}")
             by_target.setdefault(i, {})[j] = share
-    for i in sorted(survivors) + sorted(dropped := {j for i in survivors for j in shared[i] if j not in survivors}):
+    dropped = {j for i in survivors for j in shared[i] if j not in survivors}
+    for i in sorted(survivors | dropped):  # all-or-nothing: check every needed secret before recovering any
         if len(by_target.get(i, {})) < setup.threshold:
             raise SecAggError(f"too many dropouts: node {i}'s masks can only be removed with {setup.threshold} "
                               f"shares (the threshold) but {len(by_target.get(i, {}))} arrived")
