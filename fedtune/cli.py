@@ -12,9 +12,17 @@ from .config import ConfigError
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulation import simulate
+    from .config import load_preset
+    from .simulation import run_simulation_config
 
-    result = simulate(args.preset, args.set, args.out, quiet=args.quiet)
+    cfg, info = load_preset(args.preset, args.set)
+    result = run_simulation_config(cfg, info, args.out, args.quiet)
+    if args.baselines:
+        from .baselines import comparison_table
+        from .compare import simulate_with_baselines
+
+        rows = simulate_with_baselines(cfg, info, result, args.quiet)
+        print("\n" + "\n".join(comparison_table(rows)))
     first, last = result.metrics[0], result.metrics[-1]
     print(
         f"\nfedtune: finished {last['round']} rounds in {result.seconds:.0f}s\n"
@@ -101,6 +109,28 @@ def _cmd_data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import RunConfig, load_preset
+    from .data import PromptEncoder, RecordSpec
+    from .data.check import check_file
+    from .model import load_tokenizer
+
+    cfg = load_preset(args.config)[0] if args.config else RunConfig()
+    given = {"format": args.format, "text_column": args.text_column, "label_column": args.label_column,
+             "labels": args.labels, "group_column": args.group_column, "split": args.split}
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{k: v for k, v in given.items() if v is not None}))
+    cfg.validate()
+    spec = RecordSpec.from_config(cfg.data)
+    encoder = None
+    if not args.no_tokens:
+        encoder = PromptEncoder(load_tokenizer(cfg.model.name), cfg.model.max_length)
+    report = check_file(args.file, spec, encoder)
+    print(report.render(spec))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedtune", description="Federated, privacy-preserving LoRA fine-tuning on Flower")
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     s.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     s.add_argument("--quiet", action="store_true", help="do not stream Flower's log (it is still saved)")
+    s.add_argument("--baselines", action="store_true",
+                   help="also run, on the same split and total local steps: the base model, local-only and "
+                        "centralized training, and the federated run, each with and without DP; writes a comparison "
+                        "table into the report")
     s.set_defaults(func=_cmd_simulate)
 
     g = sub.add_parser("generate", help="answer a prompt with the base model + a fine-tuned adapter")
@@ -134,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--seed", type=int, default=0, help="use a different seed per node")
     ds.add_argument("--force", action="store_true", help="replace an existing file")
     ds.set_defaults(func=_cmd_data_synthetic)
+
+    dc = dsub.add_parser("check", help="validate a data file: counts, labels, token lengths, every bad line")
+    dc.add_argument("file", help=".jsonl, .csv, .parquet or a Hugging Face datasets folder")
+    dc.add_argument("--format", choices=["chat", "instruction", "prompt-completion", "classification"],
+                    help="record format (default: guessed from the fields)")
+    dc.add_argument("--text-column", help="classification: column with the text (default: text)")
+    dc.add_argument("--label-column", help="column with the label (default: label)")
+    dc.add_argument("--labels", help="comma-separated allowed labels; others are reported as unknown")
+    dc.add_argument("--group-column", help="column naming each record's group (e.g. hospital id)")
+    dc.add_argument("--split", help="datasets folder with several splits: which one (default: train)")
+    dc.add_argument("--config", metavar="PRESET", help="read model and [data] settings from this preset / run config")
+    dc.add_argument("--no-tokens", action="store_true", help="skip token-length statistics (no tokenizer needed)")
+    dc.set_defaults(func=_cmd_data_check)
 
     c = sub.add_parser("certs", help="create a CA and the SuperLink's TLS certificate (coordinator)")
     c.add_argument("--out", required=True, help="folder for ca.crt, ca.key, server.pem, server.key")

@@ -70,8 +70,8 @@ def evaluate_adapter(msg: Message, context: Context) -> Message:
     try:
         cfg = RunConfig.from_flat(context.run_config)
         model, encoder, data = prepare_node(cfg, context.node_config, from_record(msg.content["adapter"]))
-        result = evaluate(model, encoder, data.eval, cfg.train.eval_batch_size, cfg.model.precision)
+        result = evaluate(model, encoder, data.eval, cfg.train.eval_batch_size, cfg.model.precision,
+                          data.labels, cfg.train.eval_max_new_tokens)
     except Exception as exc:  # noqa: BLE001
         return error_reply(msg, exc)
-    metrics = {"eval_loss": result.loss, "eval_accuracy": result.accuracy, "eval_examples": result.examples}
-    return _reply(msg, data.name, "ok", metrics)
+    return _reply(msg, data.name, "ok", result.to_metrics())

@@ -83,19 +83,50 @@ class LoraConfigSection:
         return [m.strip() for m in self.target_modules.split(",") if m.strip()]
 
 
+DATA_FORMATS = ("chat", "instruction", "prompt-completion", "classification")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = _opt(
         "synthetic-triage",
-        "'synthetic-triage' (built-in demo records) or a JSONL file to split across simulated nodes",
+        "'synthetic-triage' (built-in demo records) or a data file to split across simulated nodes "
+        "(.jsonl, .csv, .parquet, or a Hugging Face datasets folder saved with save_to_disk)",
         _non_empty,
     )
+    format: str = _opt("auto", "record format; auto = guessed from the fields of the first record",
+                       _one_of("auto", *DATA_FORMATS))
+    text_column: str = _opt("text", "classification: the column holding the text to classify", _non_empty)
+    label_column: str = _opt("label", "the column holding the class label (classification; optional otherwise)",
+                             _non_empty)
+    labels: str = _opt(
+        "", "classification: comma-separated allowed labels (the prompt lists them; others are errors). Empty = the "
+        "labels found in a simulation's data; deployed nodes need it set so every node prompts alike")
+    instruction: str = _opt(
+        "", "classification: the instruction before the text; empty = 'Classify the text. Reply with exactly one "
+        "of: <labels>.'")
+    messages_field: str = _opt("messages", "chat: the field holding the list of {role, content} turns", _non_empty)
+    prompt_field: str = _opt("prompt", "prompt-completion: the prompt field", _non_empty)
+    completion_field: str = _opt("completion", "prompt-completion: the completion field", _non_empty)
+    instruction_field: str = _opt("instruction", "instruction: the instruction field", _non_empty)
+    input_field: str = _opt("input", "instruction: the optional input/context field", _non_empty)
+    output_field: str = _opt("output", "instruction: the answer field", _non_empty)
+    group_column: str = _opt("", "optional column naming each record's natural group (e.g. hospital id); "
+                             "needed by partition = 'group'")
+    split: str = _opt("train", "Hugging Face datasets folder holding several splits: the split to use", _non_empty)
     records: int = _opt(1600, "number of synthetic records generated in total (all nodes)", _positive)
     eval_fraction: float = _opt(0.1, "fraction of each node's records held out for evaluation", _open_fraction)
+    eval_file: str = _opt(
+        "", "optional central evaluation file the coordinator holds (same format settings); the global adapter "
+        "is scored on it every round")
     partition: str = _opt("label-skew", "how simulation splits records across nodes",
-                          _one_of("label-skew", "iid", "quantity-skew"))
+                          _one_of("label-skew", "iid", "quantity-skew", "group"))
     alpha: float = _opt(0.5, "Dirichlet concentration of the label or quantity skew (smaller = more skewed)", _positive)
     seed: int = _opt(0, "seed of data generation and partitioning")
+
+    @property
+    def label_list(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.labels.split(",") if x.strip())
 
 
 @dataclass(frozen=True)
@@ -105,6 +136,9 @@ class TrainConfig:
     lr: float = _opt(0.01, "AdamW learning rate on the node", _positive)
     weight_decay: float = _opt(0.0, "AdamW weight decay", _non_negative)
     eval_batch_size: int = _opt(32, "records per evaluation forward pass", _positive)
+    eval_max_new_tokens: int = _opt(
+        64, "evaluation: most tokens generated per answer (also stops 8 tokens past the longest reference)",
+        _positive)
     seed: int = _opt(0, "seed of adapter initialisation and batch sampling")
 
 
@@ -217,6 +251,8 @@ class RunConfig:
                 "secagg.enabled needs federation.min-nodes >= 2: the secure sum of one node's update is that "
                 "update. Raise federation.min-nodes or set secagg.enabled=false"
             )
+        if self.data.partition == "group" and not self.data.group_column:
+            raise ConfigError("data.partition = 'group' needs data.group-column: the column naming each record's group")
         if not self.lora.modules:
             raise ConfigError("lora.target-modules lists no module names; e.g. 'q_proj,v_proj'")
         p = self.privacy
@@ -288,6 +324,21 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
+PATH_KEYS = ("data.source", "data.eval-file", "model.name")
+
+
+def _absolute_paths(flat: dict[str, Any], base: Path) -> None:
+    """Make relative file paths absolute: the Flower apps run in other working directories.
+    ``model.name`` only when such a local path exists (otherwise it is a hub id or a packaged name)."""
+    for key in PATH_KEYS:
+        value = flat.get(key)
+        if not isinstance(value, str) or not value or value == "synthetic-triage" or Path(value).is_absolute():
+            continue
+        candidate = (base / value).expanduser()
+        if key != "model.name" or candidate.exists():
+            flat[key] = str(candidate.resolve())
+
+
 @dataclass(frozen=True)
 class Preset:
     """A simulation preset: run-config values plus how many nodes to simulate."""
@@ -311,12 +362,15 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
     sim = dict(tree.pop("simulation", {}))
     flat = flatten(tree)
+    if path is not None:  # a preset's relative data paths are relative to the preset file
+        _absolute_paths(flat, Path(path).resolve().parent)
     for item in overrides or []:
         key, value = parse_assignment(item)
         if key.startswith("simulation."):
             sim[key.split(".", 1)[1]] = value
         else:
             flat[key] = value
+    _absolute_paths(flat, Path.cwd())  # --set paths: relative to where the command runs
     nodes = sim.pop("nodes", 4)
     cpus = sim.pop("cpus-per-node", None)
     if sim:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Mapping
 
 from .config import DataConfig, LoraConfigSection, ModelConfig, RunConfig
-from .data import DataError, Encoded, Example, PromptEncoder, generate_triage, load_jsonl, partition, train_eval_split
+from .data import (DEPARTMENTS, DataError, Encoded, Example, LoadedData, PromptEncoder, RecordSpec, generate_triage,
+                   load_examples, partition, train_eval_split)
 from .model import add_lora, load_base_model, load_tokenizer
 from .privacy.ledger import dataset_fingerprint
 
@@ -26,33 +27,53 @@ class NodeData:
     name: str
     train: list[Encoded]
     eval: list[Encoded]
+    eval_examples: list[Example]  # the held-out records (references for generated answers)
+    labels: tuple[str, ...]  # the label set every node of this run shares (macro-F1); empty if none
     fingerprint: str  # of the training records: keys the node's privacy ledger
 
 
-def simulation_pool(cfg: DataConfig) -> list[Example]:
-    """All records a simulation splits across its nodes."""
+@dataclass(frozen=True)
+class NodeExamples:
+    name: str
+    train: list[Example]
+    eval: list[Example]
+    labels: tuple[str, ...]
+
+
+def load_data_file(cfg: DataConfig, path: str | Path) -> LoadedData:
+    """A data file read with the run's format settings; refused (DataError naming every bad record)
+    if any record is bad - the same reader and message as ``fedtune data check``."""
+    return load_examples(path, RecordSpec.from_config(cfg))
+
+
+def simulation_pool(cfg: DataConfig) -> tuple[list[Example], tuple[str, ...]]:
+    """All records a simulation splits across its nodes, and their label set."""
     if cfg.source == SYNTHETIC_TRIAGE:
-        return generate_triage(cfg.records, cfg.seed)
-    return load_jsonl(cfg.source)
+        return generate_triage(cfg.records, cfg.seed), DEPARTMENTS
+    data = load_data_file(cfg, cfg.source)
+    return data.examples, data.labels
 
 
-def node_examples(cfg: DataConfig, node_config: Mapping[str, object]) -> tuple[str, list[Example], list[Example]]:
-    """(display name, train, eval) for this node, from its own file or its simulation partition."""
+def node_examples(cfg: DataConfig, node_config: Mapping[str, object]) -> NodeExamples:
+    """This node's train and held-out records, from its own file or its simulation partition."""
     if "data-path" in node_config:
         path = Path(str(node_config["data-path"])).expanduser()
         name = str(node_config.get("name", path.stem))
-        records = load_jsonl(path)
-        seed = cfg.seed
+        data = load_data_file(cfg, path)
+        if data.format == "classification" and not cfg.label_list:
+            raise DataError("classification data on a deployed node needs data.labels in the run config, so every "
+                            "node prompts with the same label list (ask the coordinator to set it)")
+        records, labels, seed = data.examples, cfg.label_list, cfg.seed
     elif "partition-id" in node_config:
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
-        pool = simulation_pool(cfg)
+        pool, labels = simulation_pool(cfg)
         parts = partition(pool, n, cfg.partition, cfg.alpha, cfg.seed)
         records = [pool[i] for i in parts[pid]]
         name, seed = f"hospital-{pid}", cfg.seed + 1000 + pid
     else:
         raise DataError("this node has no data: set 'data-path' in its node config")
     train, held_out = train_eval_split(records, cfg.eval_fraction, seed)
-    return name, train, held_out
+    return NodeExamples(name, train, held_out, labels)
 
 
 @functools.lru_cache(maxsize=2)
@@ -66,8 +87,9 @@ def cached_model(model_cfg: ModelConfig, lora_cfg: LoraConfigSection, seed: int)
 @functools.lru_cache(maxsize=16)
 def _cached_node_data(cfg: RunConfig, node_items: tuple) -> NodeData:
     _, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
-    name, train, held_out = node_examples(cfg.data, dict(node_items))
-    return NodeData(name, encoder.encode_all(train), encoder.encode_all(held_out), dataset_fingerprint(train))
+    ex = node_examples(cfg.data, dict(node_items))
+    return NodeData(ex.name, encoder.encode_all(ex.train), encoder.encode_all(ex.eval), ex.eval, ex.labels,
+                    dataset_fingerprint(ex.train))
 
 
 def node_data(cfg: RunConfig, node_config: Mapping[str, object]) -> NodeData:

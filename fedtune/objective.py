@@ -20,7 +20,6 @@ from .model import autocast
 @dataclass
 class Forward:
     losses: torch.Tensor  # [B] per-sample mean target-token cross-entropy (fp32)
-    correct: torch.Tensor  # [B] bool: greedy decoding would emit exactly the target tokens
 
 
 def per_sample_forward(model, batch: Batch, precision: str = "fp32") -> Forward:
@@ -40,7 +39,4 @@ def per_sample_forward(model, batch: Batch, precision: str = "fp32") -> Forward:
     targets = batch.input_ids[:, -keep + 1:]
     mask = batch.target_mask[:, -keep + 1:]
     token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
-    losses = token_loss.sum(1) / mask.sum(1).clamp(min=1)
-    with torch.no_grad():
-        correct = ((logits.argmax(-1) == targets) | ~mask).all(1)
-    return Forward(losses, correct)
+    return Forward(token_loss.sum(1) / mask.sum(1).clamp(min=1))

@@ -1,4 +1,5 @@
-"""Results a person can read: ``metrics.jsonl`` (one object per round) and ``report.md``."""
+"""Results a person can read: ``metrics.jsonl`` (one object per round), ``report.md`` with PNG
+plots, and - after ``fedtune simulate --baselines`` - the comparison table (``comparison.json``)."""
 
 from __future__ import annotations
 
@@ -36,9 +37,24 @@ class RunRecorder:
         self.records.append(dict(record))
 
     def finish(self, extra: Mapping[str, Any] | None = None) -> Path:
-        path = self.out / "report.md"
-        atomic_write_text(path, render_report(self.records, self.meta, extra or {}))
-        return path
+        self.meta["finished"] = dict(extra or {})
+        atomic_write_text(self.out / "run.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        return write_report(self.out)
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """(Re)render ``report.md`` and its plots from the files in ``out_dir``."""
+    from .plots import write_plots
+
+    out = Path(out_dir)
+    meta = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    records = read_metrics(out / "metrics.jsonl")
+    comparison_path = out / "comparison.json"
+    comparison = json.loads(comparison_path.read_text(encoding="utf-8")) if comparison_path.is_file() else None
+    plots = write_plots(records, out, comparison)
+    path = out / "report.md"
+    atomic_write_text(path, render_report(records, meta, meta.get("finished", {}), comparison, plots))
+    return path
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -60,16 +76,34 @@ def _aggregation(r: dict) -> str:
     return f"SecAgg+ of {r.get('aggregated', 0)}" + (f" ({dropped} dropped)" if dropped else "")
 
 
-def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
+def _summary(first: Mapping[str, Any], last: Mapping[str, Any]) -> list[str]:
+    a0, a1 = first.get("eval_accuracy"), last.get("eval_accuracy")
+    if a0 is None or a1 is None:
+        return ["No node returned an evaluation; see the node failures below.", ""]
+    line = (f"Held-out exact-match accuracy (normalised) went from **{a0:.1%}** (round 0, base model) to "
+            f"**{a1:.1%}** after round {last['round']} ({(a1 - a0) * 100:+.1f} points)")
+    if last.get("eval_macro_f1") is not None:
+        line += f"; macro-F1 {last['eval_macro_f1']:.1%}"
+    if last.get("central_accuracy") is not None:
+        line += f"; on the coordinator's central evaluation file {last['central_accuracy']:.1%}"
+    return [line + ".", ""]
+
+
+def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], extra: Mapping[str, Any],
+                  comparison: Sequence[Mapping[str, Any]] | None = None, plots: Sequence[Path] = ()) -> str:
     cfg = meta.get("config", {})
     lines = ["# fedtune run report", ""]
     if records:
-        first, last = records[0], records[-1]
-        gain = (last["eval_accuracy"] - first["eval_accuracy"]) * 100
-        lines += [
-            f"Held-out exact-match accuracy went from **{first['eval_accuracy']:.1%}** (round 0, base model) "
-            f"to **{last['eval_accuracy']:.1%}** after round {last['round']} ({gain:+.1f} points).", "",
-        ]
+        lines += _summary(records[0], records[-1])
+    if comparison:
+        from .baselines import Row, comparison_table
+
+        lines += ["## Federated vs baselines", "",
+                  "Same data split, same held-out records, same total number of local optimiser steps "
+                  "(see `fedtune/baselines.py`). Accuracy is normalised exact match of the generated answer.", ""]
+        lines += comparison_table([Row(**r) for r in comparison]) + [""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     lines += ["## What was run", "", "| setting | value |", "| --- | --- |"]
     for key in ("started", "nodes_connected", "seconds_total"):
         if key in meta or key in extra:
@@ -79,16 +113,21 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     lines += [
         "", "## Rounds", "",
         "Round 0 evaluates the initial adapter (LoRA B = 0, i.e. exactly the base model). Accuracy is exact "
-        "match of the greedy answer on every node's held-out records, weighted by their counts.", "",
-        "| round | eval accuracy | eval loss | train loss | nodes trained | aggregation | bytes sent (all nodes) | seconds |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "match of the greedy answer and the reference after normalisation (case, punctuation, articles, spaces), "
+        "ROUGE-L the mean LCS F1 of the two; both pooled over every node's held-out records. Macro-F1 (tasks with "
+        "a label set) is of the pooled predictions; perplexity is exp of the mean token loss of the references.", "",
+        "| round | eval accuracy | macro-F1 | ROUGE-L | eval loss | perplexity | central accuracy | train loss | "
+        "nodes trained | aggregation | bytes sent (all nodes) | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in records:
         nodes = r.get("nodes", {})
         trained = [n for n in nodes.values() if n.get("status") == "ok" and "train_loss" in n]
         sent = sum(n.get("bytes_sent", 0) for n in trained)
         lines.append(
-            f"| {r['round']} | {_fmt(r.get('eval_accuracy'), '.1%')} | {_fmt(r.get('eval_loss'))} | "
+            f"| {r['round']} | {_fmt(r.get('eval_accuracy'), '.1%')} | {_fmt(r.get('eval_macro_f1'), '.1%')} | "
+            f"{_fmt(r.get('eval_rouge_l'), '.1%')} | {_fmt(r.get('eval_loss'))} | {_fmt(r.get('eval_perplexity'), '.2f')} | "
+            f"{_fmt(r.get('central_accuracy'), '.1%')} | "
             f"{_fmt(r.get('train_loss'))} | {len(trained) if r['round'] else '–'} | {_aggregation(r)} | "
             f"{sent if r['round'] else '–'} | {_fmt(r.get('seconds'), '.1f')} |"
         )

@@ -19,11 +19,13 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from .adapters import AdapterMismatch, check_arrays, export_adapter, get_adapter_arrays, unflatten
+from .adapters import AdapterMismatch, check_arrays, export_adapter, get_adapter_arrays, set_adapter_arrays, unflatten
 from .config import RunConfig
 from .messages import error_text, exchange, from_record, reply_bytes, to_record, wait_for_nodes
-from .data.synthetic import INSTRUCTION as TRIAGE_INSTRUCTION
-from .node import SYNTHETIC_TRIAGE, cached_model
+from .data import RecordSpec
+from .data.synthetic import DEPARTMENTS, INSTRUCTION as TRIAGE_INSTRUCTION
+from .evaluation import combine_metrics, evaluate
+from .node import SYNTHETIC_TRIAGE, cached_model, load_data_file
 from .report import RunRecorder
 from .secagg.crypto import SecAggError
 from .secagg.params import clip_bound
@@ -50,7 +52,17 @@ def adapter_meta(cfg: RunConfig) -> dict:
     meta: dict = {"model.name": cfg.model.name, "data.source": cfg.data.source}
     if cfg.data.source == SYNTHETIC_TRIAGE:
         meta["system"] = TRIAGE_INSTRUCTION
+    elif cfg.data.format == "classification" and cfg.data.label_list:
+        meta["system"] = RecordSpec.from_config(cfg.data).classification_prompt(cfg.data.label_list)
     return meta
+
+
+def central_eval_data(cfg: RunConfig) -> tuple[list, tuple[str, ...]]:
+    """The coordinator's evaluation file, encoded, and its label set (refused if any record is bad)."""
+    _, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
+    data = load_data_file(cfg.data, cfg.data.eval_file)
+    labels = cfg.data.label_list or (DEPARTMENTS if cfg.data.source == SYNTHETIC_TRIAGE else data.labels)
+    return encoder.encode_all(data.examples), tuple(labels)
 
 
 class Coordinator:
@@ -61,6 +73,7 @@ class Coordinator:
         self.model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
         self.global_arrays = get_adapter_arrays(self.model)
         self.strategy = FedAvg(cfg.federation.server_lr)
+        self.central = central_eval_data(cfg) if cfg.data.eval_file else None
 
     def _send(self, node_ids, message_type: str, rnd: int, nodes: dict, on_ok) -> None:
         content = lambda: RecordDict({  # noqa: E731 - each message needs its own record
@@ -102,11 +115,22 @@ class Coordinator:
                 100 * e["eval_accuracy"], e["eval_loss"], e["eval_examples"])
 
         self._send(node_ids, MessageType.EVALUATE, rnd, nodes, done)
-        return {
-            "eval_accuracy": _weighted(nodes, "eval_accuracy", "eval_examples"),
-            "eval_loss": _weighted(nodes, "eval_loss", "eval_examples"),
-            "eval_examples": int(sum(n.get("eval_examples", 0) for n in nodes.values())),
-        }
+        summary = combine_metrics([n for n in nodes.values() if n.get("status") == "ok"])
+        if self.central is not None:
+            summary.update(self.evaluate_central(rnd))
+        return summary
+
+    def evaluate_central(self, rnd: int) -> dict:
+        """Score the global adapter on the coordinator's own evaluation file."""
+        cfg, (encoded, labels) = self.cfg, self.central
+        _, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
+        set_adapter_arrays(self.model, self.global_arrays)
+        result = evaluate(self.model, encoder, encoded, cfg.train.eval_batch_size, cfg.model.precision, labels,
+                          cfg.train.eval_max_new_tokens)
+        metrics = combine_metrics([result.to_metrics("central_")], "central_")
+        log(INFO, "[round %d] central eval: accuracy %.1f%% loss %.3f (%d records)", rnd,
+            100 * metrics["central_accuracy"], metrics["central_loss"], result.examples)
+        return metrics
 
     def train(self, rnd: int, nodes: dict) -> dict:
         fed, secure = self.cfg.federation, self.cfg.secagg.enabled

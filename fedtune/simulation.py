@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Preset, RunConfig, load_preset
+from .data import DataError, partition
 from .model import resolve_model_path
+from .node import load_data_file, simulation_pool
 from .report import read_metrics
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the checkout whose pyproject.toml declares the Flower app
@@ -117,6 +119,21 @@ def _run_status(env: dict[str, str], cwd: Path) -> tuple[str, str]:
     return str(last.get("status", "unknown")), str(last.get("status-details", last.get("details", "")))
 
 
+def check_data(cfg: RunConfig, num_nodes: int) -> None:
+    """Refuse bad data or an impossible split here, with the file's own message, before Flower starts."""
+    if cfg.data.eval_file:
+        load_data_file(cfg.data, cfg.data.eval_file)
+    pool, _ = simulation_pool(cfg.data)
+    try:
+        parts = partition(pool, num_nodes, cfg.data.partition, cfg.data.alpha, cfg.data.seed)
+    except ValueError as exc:
+        raise DataError(f"cannot split {cfg.data.source} across {num_nodes} nodes: {exc}") from exc
+    small = [i for i, p in enumerate(parts) if len(p) < 2]
+    if small:
+        raise DataError(f"nodes {small} would get fewer than 2 records (one to train, one to evaluate); "
+                        "use more records, fewer nodes or another data.partition")
+
+
 def simulate(
     preset: str | Path | None = None, overrides: list[str] | None = None, out: str | Path | None = None,
     quiet: bool = False,
@@ -133,6 +150,7 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
         raise SimulationError(f"fedtune simulate runs the Flower app from a source checkout; {app_dir} has no pyproject.toml")
     out_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_data(cfg, info.num_nodes)
     resolve_model_path(cfg.model.name)  # convert/cache the model once here, not in every process
     flat = cfg.to_flat()
     flat["output.dir"] = str(out_dir)

@@ -53,8 +53,9 @@ def test_simulated_nodes_get_their_partition_and_a_held_out_split():
     cfg = DataConfig(records=240)
     seen = []
     for pid in range(3):
-        name, train, held = node_examples(cfg, {"partition-id": pid, "num-partitions": 3})
-        assert name == f"hospital-{pid}" and train and held
+        ex = node_examples(cfg, {"partition-id": pid, "num-partitions": 3})
+        name, train, held = ex.name, ex.train, ex.eval
+        assert name == f"hospital-{pid}" and train and held and ex.labels == DEPARTMENTS
         assert not set(map(id, train)) & set(map(id, held))
         seen += train + held
     assert len(seen) == 240
@@ -77,9 +78,9 @@ def test_jsonl_chat_and_prompt_completion(tmp_path):
     "line, expected",
     [
         ("{not json", "line 2: bad JSON"),
-        ('{"text": "x"}', "line 2: record has neither"),
-        ('{"prompt": "", "completion": "x"}', "line 2: 'prompt' must be a non-empty string"),
-        ('{"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}', "line 2: the last message"),
+        ('{"text": "x"}', "line 2: missing field 'prompt'"),
+        ('{"prompt": "", "completion": "x"}', "line 2: empty text in field 'prompt'"),
+        ('{"prompt": 3, "completion": "x"}', "line 2: field 'prompt' must be text"),
         ('[1, 2]', "line 2: expected a JSON object"),
     ],
 )
@@ -105,10 +106,14 @@ def test_simulation_can_split_a_users_jsonl_and_a_node_can_read_its_own_file(tmp
     path = tmp_path / "notes.jsonl"
     write_jsonl(generate_triage(60, seed=4), path)
     cfg = DataConfig(source=str(path), partition="iid")
-    sizes = [sum(map(len, node_examples(cfg, {"partition-id": i, "num-partitions": 3})[1:])) for i in range(3)]
+    sizes = []
+    for i in range(3):
+        ex = node_examples(cfg, {"partition-id": i, "num-partitions": 3})
+        sizes.append(len(ex.train) + len(ex.eval))
     assert sizes == [20, 20, 20]
-    name, train, held = node_examples(DataConfig(), {"data-path": str(path), "name": "St Mary's"})
-    assert name == "St Mary's" and len(train) + len(held) == 60 and len(held) == 6  # eval-fraction 0.1
+    ex = node_examples(DataConfig(), {"data-path": str(path), "name": "St Mary's"})
+    assert ex.name == "St Mary's" and len(ex.train) + len(ex.eval) == 60 and len(ex.eval) == 6  # eval-fraction 0.1
+    assert ex.labels == ()  # a deployed node only knows labels the run config lists
     with pytest.raises(DataError, match="data file not found"):
         node_examples(DataConfig(), {"data-path": str(tmp_path / "missing.jsonl")})
 

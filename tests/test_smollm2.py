@@ -40,21 +40,20 @@ def test_base_model_cannot_already_triage():
     assert torch.equal(base, wrapped)
 
 
-def test_teacher_forced_exact_match_equals_greedy_generation():
-    """One-pass accuracy must agree with really generating and comparing strings."""
+def test_batched_left_padded_evaluation_generates_what_one_prompt_alone_generates():
+    """evaluate() generates a whole batch at once (left padding); each answer must be the one greedy
+    decoding gives for that prompt alone, and the metrics must score those answers."""
     cfg = RunConfig()
     tok = load_tokenizer(cfg.model.name)
     model = load_base_model(cfg.model)
     enc = PromptEncoder(tok, cfg.model.max_length)
-    questions = ["What is the capital of France?", "Reply with one word: what colour is grass?", "Say hello."]
-    verdicts = []
-    for q in questions:
-        msgs = ({"role": "user", "content": q},)
-        answer = generate(model, tok, enc, msgs, max_new_tokens=40)
-        for completion in (answer, answer + " Indeed.", "Paris"):
-            target_len = len(enc.encode(Example(msgs, completion)).target_ids)
-            generated = generate(model, tok, enc, msgs, max_new_tokens=target_len + 2)
-            teacher_forced = evaluate(model, enc, enc.encode_all([Example(msgs, completion)]), 1, "fp32").accuracy == 1.0
-            assert teacher_forced == (generated == completion), (q, completion, generated)
-            verdicts.append(teacher_forced)
-    assert any(verdicts) and not all(verdicts)  # both outcomes were exercised
+    questions = ["What is the capital of France?", "Reply with one word: what colour is grass?", "Say hello.",
+                 "Name a planet of the solar system, in one word."]
+    alone = [generate(model, tok, enc, ({"role": "user", "content": q},), max_new_tokens=12) for q in questions]
+    refs = [alone[0], alone[1] + " Indeed.", "Paris", alone[3].upper() + "!"]  # EM: yes, no, no, yes (normalised)
+    data = enc.encode_all([Example(({"role": "user", "content": q},), r) for q, r in zip(questions, refs)])
+    res = evaluate(model, enc, data, 4, "fp32", max_new_tokens=12)
+    gen_budget = [min(12, max(len(d.target_ids) for d in data) + 8)] * 4
+    assert res.predictions == [generate(model, tok, enc, ({"role": "user", "content": q},), max_new_tokens=b)
+                               for q, b in zip(questions, gen_budget)]
+    assert res.accuracy == 0.5

@@ -58,6 +58,24 @@ def quantity_skew_partition(n: int, num_nodes: int, alpha: float, seed: int) -> 
     return [sorted(chunk.tolist()) for chunk in np.split(idx, np.cumsum(sizes)[:-1])]
 
 
+def group_partition(groups: Sequence[str | None], num_nodes: int) -> list[list[int]]:
+    """Natural groups (e.g. hospital id): a group is never split; groups go, largest first, to the
+    node holding the fewest records so far (deterministic: ties by group name, then node index)."""
+    if any(g is None for g in groups):
+        raise ValueError("partition 'group' needs every record to have a group (data.group-column)")
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        by_group[str(g)].append(i)
+    if len(by_group) < num_nodes:
+        raise ValueError(f"{len(by_group)} groups cannot fill {num_nodes} nodes: simulate at most {len(by_group)} nodes "
+                         "or use another data.partition")
+    parts: list[list[int]] = [[] for _ in range(num_nodes)]
+    for g in sorted(by_group, key=lambda k: (-len(by_group[k]), k)):
+        smallest = min(range(num_nodes), key=lambda n: (len(parts[n]), n))
+        parts[smallest].extend(by_group[g])
+    return [sorted(p) for p in parts]
+
+
 def partition(examples: Sequence[Example], num_nodes: int, kind: str, alpha: float, seed: int) -> list[list[int]]:
     if num_nodes < 1:
         raise ValueError("num_nodes must be >= 1")
@@ -69,6 +87,8 @@ def partition(examples: Sequence[Example], num_nodes: int, kind: str, alpha: flo
         return label_skew_partition([e.label for e in examples], num_nodes, alpha, seed)
     if kind == "quantity-skew":
         return quantity_skew_partition(len(examples), num_nodes, alpha, seed)
+    if kind == "group":
+        return group_partition([e.group for e in examples], num_nodes)
     raise ValueError(f"unknown partition kind {kind!r}")
 
 
