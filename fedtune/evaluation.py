@@ -6,6 +6,11 @@ Node results travel as flat metrics (``EvalResult.to_metrics``) and are pooled b
 ``combine_metrics``, the one function the server, the baselines and the central evaluation use:
 accuracy/ROUGE-L/loss are averaged weighted by records, perplexity comes from the summed token
 log-likelihoods, macro-F1 from the summed per-label counts (i.e. of the pooled predictions).
+
+Generation is only run where it is needed: the teacher-forced pass that gives the loss also
+shows, per record, whether the argmax at every reference position (answer + end-of-turn) is the
+reference token; greedy decoding of such a record emits exactly the reference and stops, so its
+answer is known without generating.  The other records are generated (batched, KV cache).
 """
 
 from __future__ import annotations
@@ -100,21 +105,27 @@ def evaluate(model, encoder: PromptEncoder, data: Sequence[Encoded], batch_size:
     model.eval()
     loss_sum, nll, tokens = 0.0, 0.0, 0
     predictions: list[str] = [""] * len(data)
+    references = [encoder.tok.decode(e.target_ids, skip_special_tokens=True).strip() for e in data]
     # Sort by length so batches pad little; the result does not depend on the order.
     order = sorted(range(len(data)), key=lambda i: len(data[i].prompt_ids) + len(data[i].target_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         items = [data[i] for i in idx]
         batch = encoder.collate(items).to(device())
-        losses = per_sample_forward(model, batch, precision).losses
-        counts = batch.target_mask.sum(1)
+        fwd = per_sample_forward(model, batch, precision)
+        losses, counts = fwd.losses, batch.target_mask.sum(1)
         loss_sum += losses.sum().item()
         nll += (losses * counts).sum().item()
         tokens += int(counts.sum().item())
-        budget = min(max_new_tokens, batch.max_target + GENERATION_SLACK)
-        for i, answer in zip(idx, generate_answers(model, encoder, [e.prompt_ids for e in items], budget, precision)):
-            predictions[i] = answer
-    references = [encoder.tok.decode(e.target_ids, skip_special_tokens=True).strip() for e in data]
+        known = fwd.greedy_match.tolist()
+        for i in (i for i, k in zip(idx, known) if k):
+            predictions[i] = references[i]
+        todo = [(i, e) for i, e, k in zip(idx, items, known) if not k]
+        if todo:
+            budget = min(max_new_tokens, max(len(e.target_ids) for _, e in todo) + GENERATION_SLACK)
+            answers = generate_answers(model, encoder, [e.prompt_ids for _, e in todo], budget, precision)
+            for (i, _), answer in zip(todo, answers):
+                predictions[i] = answer
     gold = [match_label(r, labels) for r in references] if labels else []
     label_counts = (LabelCounts.from_predictions(gold, predictions, list(labels))
                     if labels and all(g is not None for g in gold) else None)

@@ -41,6 +41,8 @@ def error_reply(msg: Message, exc: BaseException) -> Message:
 
 def error_text(reply: Message) -> str:
     reason = reply.error.reason or ""
+    if reply.error.code == NODE_ERROR:  # ours: the whole reason (e.g. every bad line of a data file)
+        return reason
     # Flower wraps exceptions raised inside a ClientApp in a long Ray traceback; keep the last line.
     tail = [line for line in reason.replace("\\n", "\n").splitlines() if line.strip()]
     return tail[-1].strip(" '>") if tail else f"error code {reply.error.code}"

@@ -27,7 +27,6 @@ class NodeData:
     name: str
     train: list[Encoded]
     eval: list[Encoded]
-    eval_examples: list[Example]  # the held-out records (references for generated answers)
     labels: tuple[str, ...]  # the label set every node of this run shares (macro-F1); empty if none
     fingerprint: str  # of the training records: keys the node's privacy ledger
 
@@ -88,7 +87,7 @@ def cached_model(model_cfg: ModelConfig, lora_cfg: LoraConfigSection, seed: int)
 def _cached_node_data(cfg: RunConfig, node_items: tuple) -> NodeData:
     _, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
     ex = node_examples(cfg.data, dict(node_items))
-    return NodeData(ex.name, encoder.encode_all(ex.train), encoder.encode_all(ex.eval), ex.eval, ex.labels,
+    return NodeData(ex.name, encoder.encode_all(ex.train), encoder.encode_all(ex.eval), ex.labels,
                     dataset_fingerprint(ex.train))
 
 

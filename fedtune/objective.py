@@ -20,6 +20,7 @@ from .model import autocast
 @dataclass
 class Forward:
     losses: torch.Tensor  # [B] per-sample mean target-token cross-entropy (fp32)
+    greedy_match: torch.Tensor  # [B] bool: argmax at every target position is the target token
 
 
 def per_sample_forward(model, batch: Batch, precision: str = "fp32") -> Forward:
@@ -39,4 +40,6 @@ def per_sample_forward(model, batch: Batch, precision: str = "fp32") -> Forward:
     targets = batch.input_ids[:, -keep + 1:]
     mask = batch.target_mask[:, -keep + 1:]
     token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
-    return Forward(token_loss.sum(1) / mask.sum(1).clamp(min=1))
+    with torch.no_grad():
+        greedy_match = ((logits.argmax(-1) == targets) | ~mask).all(1)
+    return Forward(token_loss.sum(1) / mask.sum(1).clamp(min=1), greedy_match)

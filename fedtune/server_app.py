@@ -115,7 +115,7 @@ class Coordinator:
                 100 * e["eval_accuracy"], e["eval_loss"], e["eval_examples"])
 
         self._send(node_ids, MessageType.EVALUATE, rnd, nodes, done)
-        summary = combine_metrics([n for n in nodes.values() if n.get("status") == "ok"])
+        summary = combine_metrics(list(nodes.values()))  # every node that evaluated, whatever its training did
         if self.central is not None:
             summary.update(self.evaluate_central(rnd))
         return summary

@@ -237,3 +237,25 @@ def test_a_deployed_node_refuses_to_send_its_delta_in_the_clear(run_config, tmp_
     coord.train(1, nodes)
     assert nodes[str(deployed)]["status"] == "error" and "secure aggregation" in nodes[str(deployed)]["error"]
     assert not any(nid == deployed and "delta" in r.content for _, nid, r in grid.sent if not r.has_error())
+
+
+def test_a_node_with_bad_records_refuses_its_file_with_the_data_check_lines_and_the_round_goes_on(
+        run_config, tmp_path, caplog):
+    from fedtune.data import RecordSpec, read_examples
+
+    bad = tmp_path / "records.jsonl"
+    bad.write_bytes(b'{"prompt": "ok", "completion": "yes"}\n{oops\n{"prompt": "", "completion": "x"}\n'
+                    b'{"prompt": "caf\xe9", "completion": "x"}\n')
+    expected = [str(p) for p in read_examples(bad, RecordSpec()).errors]  # what `fedtune data check` lists
+    assert expected == ["line 2: bad JSON (Expecting property name enclosed in double quotes at character 2)",
+                        "line 3: empty text in field 'prompt'",
+                        "line 4: not valid UTF-8 (invalid continuation byte at byte 15); save the file as UTF-8"]
+    grid, coord, _, _ = federation(run_config, tmp_path)
+    broken = grid.node_ids[1]
+    grid.contexts[broken].node_config = {"data-path": str(bad), "name": "st-typo", "state-dir": str(tmp_path / "s")}
+    nodes: dict = {}
+    summary = coord.train(1, nodes)
+    assert summary["aggregation"] == "fedavg" and summary["aggregated"] == NODES - 1
+    error = nodes[str(broken)]["error"]
+    assert nodes[str(broken)]["status"] == "error" and all(line in error for line in expected)
+    assert any(all(line in r.getMessage() for line in expected) for r in caplog.records)  # the node's log

@@ -40,9 +40,10 @@ def test_base_model_cannot_already_triage():
     assert torch.equal(base, wrapped)
 
 
-def test_batched_left_padded_evaluation_generates_what_one_prompt_alone_generates():
-    """evaluate() generates a whole batch at once (left padding); each answer must be the one greedy
-    decoding gives for that prompt alone, and the metrics must score those answers."""
+def test_batched_left_padded_evaluation_generates_what_one_prompt_alone_generates(monkeypatch):
+    """evaluate() generates a whole batch at once (left padding) and skips records whose teacher-forced
+    argmax already is the reference; each answer must be the one greedy decoding gives for that
+    prompt alone, and the metrics must score those answers."""
     cfg = RunConfig()
     tok = load_tokenizer(cfg.model.name)
     model = load_base_model(cfg.model)
@@ -52,8 +53,12 @@ def test_batched_left_padded_evaluation_generates_what_one_prompt_alone_generate
     alone = [generate(model, tok, enc, ({"role": "user", "content": q},), max_new_tokens=12) for q in questions]
     refs = [alone[0], alone[1] + " Indeed.", "Paris", alone[3].upper() + "!"]  # EM: yes, no, no, yes (normalised)
     data = enc.encode_all([Example(({"role": "user", "content": q},), r) for q, r in zip(questions, refs)])
+    import fedtune.evaluation as evaluation
+
+    generated = []
+    real = evaluation.generate_answers
+    monkeypatch.setattr(evaluation, "generate_answers", lambda m, e, prompts, *a: generated.extend(prompts) or real(m, e, prompts, *a))
     res = evaluate(model, enc, data, 4, "fp32", max_new_tokens=12)
-    gen_budget = [min(12, max(len(d.target_ids) for d in data) + 8)] * 4
-    assert res.predictions == [generate(model, tok, enc, ({"role": "user", "content": q},), max_new_tokens=b)
-                               for q, b in zip(questions, gen_budget)]
+    assert res.predictions == alone
+    assert 0 < len(generated) < 4  # records whose teacher-forced argmax is the reference were not generated
     assert res.accuracy == 0.5

@@ -3,7 +3,7 @@ import torch
 
 from fedtune.adapters import get_adapter_arrays
 from fedtune.config import TrainConfig
-from fedtune.data import generate_triage
+from fedtune.data import DEPARTMENTS, generate_triage
 from fedtune.evaluation import evaluate
 from fedtune.training import shuffled_batches, train_local
 
@@ -27,3 +27,20 @@ def test_shuffled_batches_cover_each_epoch_once():
     it = shuffled_batches(10, 5, np.random.default_rng(0))
     epoch = np.concatenate([next(it), next(it)])
     assert sorted(epoch.tolist()) == list(range(10))
+
+
+def test_evaluation_answers_equal_one_by_one_greedy_generation_and_are_scored(tiny_peft):
+    """Batched, left-padded generation must give each record what generating its prompt alone gives
+    (the skip of greedy-exact records is exercised on SmolLM2 in test_smollm2.py)."""
+    from fedtune.evaluation import generate_answers
+    from fedtune.metrics import exact_match
+
+    model, _, enc = tiny_peft
+    records = generate_triage(12, seed=3)
+    data = enc.encode_all(records)
+    train_local(model, enc, data[:6], TrainConfig(local_steps=20, batch_size=6, lr=0.05), "fp32", seed=0)
+    res = evaluate(model, enc, data, 5, "fp32", labels=DEPARTMENTS, max_new_tokens=10)
+    alone = [generate_answers(model, enc, [d.prompt_ids], 10)[0] for d in data]
+    assert res.predictions == alone
+    assert res.accuracy == sum(exact_match(p, r.completion) for p, r in zip(alone, records)) / 12
+    assert res.label_counts is not None and sum(res.label_counts.tp) == round(res.accuracy * 12)
