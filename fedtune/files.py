@@ -19,21 +19,25 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str, private: bool = False) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, private: bool = False) -> None:
     """Temp file in the same folder + fsync + rename. ``private``: readable by the owner only (keys)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         os.fchmod(fd, 0o600 if private else 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be read
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str, private: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), private)
 
 
 @contextlib.contextmanager

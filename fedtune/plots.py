@@ -6,15 +6,16 @@ leaks between calls; every PNG is written atomically so a crash never leaves hal
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from .files import atomic_write_bytes
 
 DPI = 110
 FIGSIZE = (6.4, 4.0)
@@ -58,17 +59,11 @@ def _node_series(rounds, key: str, scale: float = 1.0) -> dict[str, Points]:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    """Render to a temp file in the same folder, then os.replace: readers only ever see whole PNGs."""
+    """Render in memory, then write atomically: readers only ever see whole PNGs."""
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=DPI)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; report images are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _line_plot(path: Path, title: str, ylabel: str, lines: Mapping[str, Points], percent: bool = False) -> bool:

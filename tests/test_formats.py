@@ -212,3 +212,26 @@ def test_group_partition_keeps_groups_whole_and_balances_records(tmp_path):
     with pytest.raises(ValueError, match="needs every record to have a group"):
         partition(no_group, 3, "group", 1.0, 0)
     assert Counter(e.group for e in examples)["site-0"] == 40
+
+
+@pytest.mark.parametrize("fmt, record, expected", [
+    ("chat", {"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]},
+     "the last turn of 'messages' must be the assistant's answer (the training target)"),
+    ("chat", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]},
+     "empty text in the assistant's answer (messages[1])"),
+    ("chat", {"messages": "hello"}, "'messages' must be a list of at least 2 turns ending with the assistant's answer"),
+    ("chat", {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
+     "messages[0] must be {'role': system|user|assistant, 'content': text}"),
+    ("instruction", {"instruction": "Translate."}, "missing field 'output'"),
+    ("instruction", {"instruction": "Translate.", "input": 5, "output": "x"}, "field 'input' must be text, got int"),
+    ("prompt-completion", {"prompt": "x"}, "missing field 'completion'"),
+    ("classification", {"text": "x", "label": ["a"]}, "field 'label' (label) must be text or an integer, got list"),
+    ("classification", {"text": "x"}, "missing field 'label' (the label)"),
+])
+def test_bad_records_of_each_format_are_named_with_their_line(tmp_path, fmt, record, expected):
+    good = {"chat": CHAT, "instruction": {"instruction": "a", "output": "b"},
+            "prompt-completion": {"prompt": "a", "completion": "b"}, "classification": {"text": "a", "label": "b"}}[fmt]
+    data = read_examples(_jsonl(tmp_path / "x.jsonl", [good, record]), RecordSpec(format=fmt))
+    assert [str(p) for p in data.errors] == [f"line 2: {expected}"] and len(data.examples) == 1
+    with pytest.raises(DataError, match="1 bad record"):
+        load_examples(tmp_path / "x.jsonl", RecordSpec(format=fmt))
