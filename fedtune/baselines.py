@@ -3,7 +3,8 @@
 On exactly the nodes' data splits of the federated run (same partition, same held-out records)
 and with the same total number of local optimiser steps (rounds × local-steps × nodes):
 
-* **base model**: the initial adapter (LoRA B = 0, i.e. the base model), no training;
+* **base model**: the initial adapter (LoRA B = 0, i.e. the base model), no training - this is
+  exactly the federated run's round 0 (same records, same adapter), so it is taken from there;
 * **local-only**: each node trains alone for rounds × local-steps steps and is scored on its own
   held-out records (pooled over nodes: what the nodes get without federating);
 * **centralized**: one model trained on the pooled training records of all nodes for the total
@@ -61,6 +62,11 @@ def federated_row(records: Sequence[dict], dp: bool, seconds: float) -> Row:
     return row_from_metrics("federated", dp, last, max(eps) if eps else None, steps, seconds)
 
 
+def base_row(records: Sequence[dict]) -> Row:
+    """Round 0 of a federated run scores the initial adapter on every node's held-out records."""
+    return row_from_metrics("base model", None, records[0], None, 0, records[0].get("seconds", 0.0))
+
+
 class Baselines:
     """Runs the in-process baselines for one run configuration and ``num_nodes`` simulated nodes."""
 
@@ -92,12 +98,6 @@ class Baselines:
             eps = epsilon([plan.segment], delta, c.privacy.accountant)
         train_local(self.model, self.encoder, data, train_cfg, c.model.precision, seed, stepper)
         return eps
-
-    def base(self) -> Row:
-        t0 = time.monotonic()
-        set_adapter_arrays(self.model, self.initial)
-        metrics = combine_metrics([self._eval(n) for n in self.nodes])
-        return row_from_metrics("base model", None, metrics, None, 0, time.monotonic() - t0)
 
     def local_only(self, dp: bool) -> Row:
         t0, results, eps = time.monotonic(), [], []

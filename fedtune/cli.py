@@ -57,7 +57,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.system or meta.get("system"):
         messages.append({"role": "system", "content": args.system or meta["system"]})
     messages.append({"role": "user", "content": args.prompt})
-    print(generate(model, tok, PromptEncoder(tok, model_cfg.max_length), messages, args.max_new_tokens))
+    print(generate(model, PromptEncoder(tok, model_cfg.max_length), messages, args.max_new_tokens))
     return 0
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .baselines import Baselines, Row, comparison_table, federated_row
+from .baselines import Baselines, Row, base_row, comparison_table, federated_row
 from .config import Preset, RunConfig
 from .files import atomic_write_text
 from .report import write_report
@@ -34,7 +34,7 @@ def simulate_with_baselines(cfg: RunConfig, info: Preset, main: SimulationResult
     federated = {dp: federated_row(main.metrics, dp, main.seconds),
                  not dp: federated_row(other.metrics, not dp, other.seconds)}
     baselines = Baselines(cfg, info.num_nodes, say)  # DP settings (target ε, C, accountant) from the preset
-    rows = [baselines.base()]
+    rows = [base_row(main.metrics)]
     for make in (baselines.local_only, None, baselines.centralized):
         for flag in (True, False):
             rows.append(federated[flag] if make is None else make(flag))

@@ -137,6 +137,6 @@ def evaluate(model, encoder: PromptEncoder, data: Sequence[Encoded], batch_size:
     )
 
 
-def generate(model, tokenizer, encoder: PromptEncoder, messages: Sequence[dict], max_new_tokens: int = 64) -> str:
+def generate(model, encoder: PromptEncoder, messages: Sequence[dict], max_new_tokens: int = 64) -> str:
     """Greedy completion of a chat prompt (used by ``fedtune generate``)."""
     return generate_answers(model, encoder, [encoder.encode_prompt(messages)], max_new_tokens)[0]

@@ -57,9 +57,8 @@ def adapter_meta(cfg: RunConfig) -> dict:
     return meta
 
 
-def central_eval_data(cfg: RunConfig) -> tuple[list, tuple[str, ...]]:
+def central_eval_data(cfg: RunConfig, encoder) -> tuple[list, tuple[str, ...]]:
     """The coordinator's evaluation file, encoded, and its label set (refused if any record is bad)."""
-    _, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
     data = load_data_file(cfg.data, cfg.data.eval_file)
     labels = cfg.data.label_list or (DEPARTMENTS if cfg.data.source == SYNTHETIC_TRIAGE else data.labels)
     return encoder.encode_all(data.examples), tuple(labels)
@@ -70,10 +69,10 @@ class Coordinator:
 
     def __init__(self, grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0):
         self.grid, self.cfg, self.out, self.run_id = grid, cfg, out, run_id
-        self.model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
+        self.model, _, self.encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
         self.global_arrays = get_adapter_arrays(self.model)
         self.strategy = FedAvg(cfg.federation.server_lr)
-        self.central = central_eval_data(cfg) if cfg.data.eval_file else None
+        self.central = central_eval_data(cfg, self.encoder) if cfg.data.eval_file else None
 
     def _send(self, node_ids, message_type: str, rnd: int, nodes: dict, on_ok) -> None:
         content = lambda: RecordDict({  # noqa: E731 - each message needs its own record
@@ -123,9 +122,8 @@ class Coordinator:
     def evaluate_central(self, rnd: int) -> dict:
         """Score the global adapter on the coordinator's own evaluation file."""
         cfg, (encoded, labels) = self.cfg, self.central
-        _, _, encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
         set_adapter_arrays(self.model, self.global_arrays)
-        result = evaluate(self.model, encoder, encoded, cfg.train.eval_batch_size, cfg.model.precision, labels,
+        result = evaluate(self.model, self.encoder, encoded, cfg.train.eval_batch_size, cfg.model.precision, labels,
                           cfg.train.eval_max_new_tokens)
         metrics = combine_metrics([result.to_metrics("central_")], "central_")
         log(INFO, "[round %d] central eval: accuracy %.1f%% loss %.3f (%d records)", rnd,

@@ -148,9 +148,9 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
     """``app_dir``: the Flower app to run (fedtune's own by default; benchmarks pass comparison apps)."""
     if not (app_dir / "pyproject.toml").is_file():
         raise SimulationError(f"fedtune simulate runs the Flower app from a source checkout; {app_dir} has no pyproject.toml")
+    check_data(cfg, info.num_nodes)  # before anything is created: bad data leaves no results folder behind
     out_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_data(cfg, info.num_nodes)
     resolve_model_path(cfg.model.name)  # convert/cache the model once here, not in every process
     flat = cfg.to_flat()
     flat["output.dir"] = str(out_dir)

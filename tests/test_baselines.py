@@ -17,12 +17,25 @@ PRESET = Path(__file__).resolve().parent.parent / "simulations" / "bank-support.
 @pytest.fixture(scope="module")
 def bank_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bank") / "run"
-    sets = [f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "train.batch-size=8",
-            "federation.rounds=2", "simulation.cpus-per-node=1"]
     rc = main(["simulate", str(PRESET), "--baselines", "--quiet", "--out", str(out)]
-              + [x for s in sets for x in ("--set", s)])
+              + [x for s in _sets(tiny_model_dir) for x in ("--set", s)])
     assert rc == 0
     return out
+
+
+def _sets(model_dir):
+    return [f"model.name={json.dumps(str(model_dir))}", "model.precision=fp32", "train.batch-size=8",
+            "federation.rounds=2", "simulation.cpus-per-node=1"]
+
+
+def test_in_process_baselines_use_the_simulated_nodes_own_splits(bank_run, tiny_model_dir):
+    from fedtune.baselines import Baselines
+    from fedtune.config import load_preset
+
+    cfg, info = load_preset(PRESET, _sets(tiny_model_dir))
+    nodes = Baselines(cfg, info.num_nodes).nodes
+    round0 = read_metrics(bank_run / "metrics.jsonl")[0]["nodes"].values()
+    assert sorted((n.name, len(n.eval)) for n in nodes) == sorted((n["name"], n["eval_examples"]) for n in round0)
 
 
 def test_comparison_has_every_setting_on_the_same_total_steps(bank_run):

@@ -50,7 +50,7 @@ def test_batched_left_padded_evaluation_generates_what_one_prompt_alone_generate
     enc = PromptEncoder(tok, cfg.model.max_length)
     questions = ["What is the capital of France?", "Reply with one word: what colour is grass?", "Say hello.",
                  "Name a planet of the solar system, in one word."]
-    alone = [generate(model, tok, enc, ({"role": "user", "content": q},), max_new_tokens=12) for q in questions]
+    alone = [generate(model, enc, ({"role": "user", "content": q},), max_new_tokens=12) for q in questions]
     refs = [alone[0], alone[1] + " Indeed.", "Paris", alone[3].upper() + "!"]  # EM: yes, no, no, yes (normalised)
     data = enc.encode_all([Example(({"role": "user", "content": q},), r) for q, r in zip(questions, refs)])
     import fedtune.evaluation as evaluation

@@ -58,7 +58,7 @@ class CheckReport:
         if d.problems:  # every error; warnings (usable records) up to MAX_WARNINGS
             shown = errors + warnings[:MAX_WARNINGS]
             out += ["", "problems:"] + [f"  {p}" + ("" if p.severity == "error" else "  [warning]")
-                                        for p in sorted(shown, key=lambda q: int(q.where.split()[-1]))]
+                                        for p in sorted(shown, key=lambda q: q.position)]
             if len(warnings) > MAX_WARNINGS:
                 out.append(f"  ... and {len(warnings) - MAX_WARNINGS} more warnings")
         out += ["", "OK: a node will accept this file." if self.ok else
@@ -88,5 +88,5 @@ def check_file(path: str | Path, spec: RecordSpec, encoder: PromptEncoder | None
             problem = truncation_problem(encoder, prompt_len, target_len)
             if problem:
                 data.problems.append(Problem(where, problem, "warning"))
-        data.problems.sort(key=lambda q: int(q.where.split()[-1]))
+        data.problems.sort(key=lambda q: q.position)
     return report

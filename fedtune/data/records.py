@@ -86,6 +86,11 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
 
+    @property
+    def position(self) -> int:
+        """The line/row number, for listing problems in file order."""
+        return int(self.where.split()[-1])
+
 
 @dataclass
 class LoadedData:
@@ -231,7 +236,7 @@ def read_examples(path: str | Path, spec: RecordSpec = RecordSpec()) -> LoadedDa
         except _Bad as exc:
             problems.append(Problem(r.where, str(exc)))
     problems += _duplicates(examples, positions)
-    problems.sort(key=lambda q: int(q.where.split()[-1]))
+    problems.sort(key=lambda q: q.position)
     return LoadedData(p, fmt, examples, positions, labels, rows, problems)
 
 
