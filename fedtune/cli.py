@@ -13,10 +13,12 @@ from .config import ConfigError
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .config import load_preset
-    from .simulation import run_simulation_config
+    from .simulation import resume_config, run_simulation_config
 
-    cfg, info = load_preset(args.preset, args.set)
-    result = run_simulation_config(cfg, info, args.out, args.quiet)
+    if args.resume and (args.out or args.baselines):
+        raise ConfigError("--resume continues the run in its own folder: drop --out / --baselines")
+    cfg, info = resume_config(args.resume, args.preset, args.set) if args.resume else load_preset(args.preset, args.set)
+    result = run_simulation_config(cfg, info, args.resume or args.out, args.quiet)
     if args.baselines:
         from .baselines import comparison_table
         from .compare import simulate_with_baselines
@@ -24,6 +26,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         rows = simulate_with_baselines(cfg, info, result, args.quiet)
         print("\n" + "\n".join(comparison_table(rows)))
     first, last = result.metrics[0], result.metrics[-1]
+    if result.stopped:
+        print(f"\nfedtune: stopped early at round {result.stopped['round']}: {result.stopped['reason']}")
     print(
         f"\nfedtune: finished {last['round']} rounds in {result.seconds:.0f}s\n"
         f"  eval accuracy  round 0: {first['eval_accuracy']:.1%}  ->  round {last['round']}: {last['eval_accuracy']:.1%}\n"
@@ -140,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     s.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     s.add_argument("--quiet", action="store_true", help="do not stream Flower's log (it is still saved)")
+    s.add_argument("--resume", metavar="RESULTS_DIR",
+                   help="continue the run in RESULTS_DIR from its last completed round (its saved preset is used "
+                        "unless PRESET is given; --set federation.rounds=N extends it)")
     s.add_argument("--baselines", action="store_true",
                    help="also run, on the same split and total local steps: the base model, local-only and "
                         "centralized training, and the federated run, each with and without DP; writes a comparison "
@@ -206,15 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
     from .data import DataError
     from .deploy.certs import CertError
+    from .files import FolderBusy
     from .model import ModelError
     from .privacy.ledger import LedgerError
     from .simulation import SimulationError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, SimulationError, LedgerError, CertError) as exc:
+    except (ConfigError, DataError, ModelError, SimulationError, LedgerError, CertError, CheckpointError,
+            FolderBusy) as exc:
         print(f"fedtune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -148,6 +148,12 @@ class FederationConfig:
     min_nodes: int = _opt(2, "minimum nodes that must be connected (and reply) for a round", _positive)
     fraction_train: float = _opt(1.0, "fraction of connected nodes sampled to train each round", _fraction)
     server_lr: float = _opt(1.0, "server step size applied to the averaged delta (1.0 = FedAvg)", _positive)
+    server_momentum: float = _opt(
+        0.0, "server momentum on the averaged delta (0 = FedAvg, e.g. 0.9 = FedAvgM)",
+        lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    round_retries: int = _opt(
+        2, "times a round with fewer than min-nodes usable updates (node errors, timeouts, aborted secure "
+        "aggregation, a rejected aggregate) is retried before the run stops at its last checkpoint", _non_negative)
     round_timeout: float = _opt(1800.0, "seconds to wait for node replies in a round", _positive)
     node_wait_timeout: float = _opt(120.0, "seconds to wait for min-nodes to connect", _positive)
 
@@ -187,6 +193,7 @@ class SecAggConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = _opt("", "results folder (absolute); empty = runs/<timestamp> under the current directory")
+    resume: bool = _opt(False, "continue the run checkpointed in output.dir from its last completed round")
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,8 @@ class RunConfig:
                 "secagg.enabled needs federation.min-nodes >= 2: the secure sum of one node's update is that "
                 "update. Raise federation.min-nodes or set secagg.enabled=false"
             )
+        if self.output.resume and not self.output.dir:
+            raise ConfigError("output.resume needs output.dir: the results folder whose checkpoint.safetensors to continue")
         if self.data.partition == "group" and not self.data.group_column:
             raise ConfigError("data.partition = 'group' needs data.group-column: the column naming each record's group")
         if not self.lora.modules:

@@ -1,11 +1,13 @@
 """Crash-safe writes: a reader (or a restart) sees the old file or the new one, never half of one.
 
-Used for reports, exported adapters and (later) privacy ledgers and checkpoints.
+Used for reports, exported adapters, privacy ledgers and the coordinator's checkpoint.
+``folder_lock`` keeps two runs from writing into one results folder at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -59,3 +61,26 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FolderBusy(RuntimeError):
+    """Another process is writing into this results folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (which must exist); the OS releases it if the process dies."""
+    folder = Path(folder)
+    fh = (folder / ".fedtune.lock").open("a")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(
+                f"another process is running a federation in {folder} (it holds {folder / '.fedtune.lock'}). "
+                f"Wait for it to end, or stop it (a SuperLink left behind by a killed `fedtune simulate`: "
+                f"pkill -f 'flower-superlink.*{folder}'), then try again"
+            ) from None
+        yield
+    finally:
+        fh.close()

@@ -9,10 +9,14 @@ the server's run config.  The base model is loaded once per process and reused a
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
+from .adapters import get_adapter_arrays
 from .config import DataConfig, LoraConfigSection, ModelConfig, RunConfig
 from .data import (DEPARTMENTS, DataError, Encoded, Example, LoadedData, PromptEncoder, RecordSpec, generate_triage,
                    load_examples, partition, train_eval_split)
@@ -75,12 +79,23 @@ def node_examples(cfg: DataConfig, node_config: Mapping[str, object]) -> NodeExa
     return NodeExamples(name, train, held_out, labels)
 
 
+_INITIAL: dict[tuple, "OrderedDict[str, np.ndarray]"] = {}
+
+
 @functools.lru_cache(maxsize=2)
 def cached_model(model_cfg: ModelConfig, lora_cfg: LoraConfigSection, seed: int):
     """(peft model, tokenizer, encoder) for this process; reused for every message."""
     tok = load_tokenizer(model_cfg.name)
     model = add_lora(load_base_model(model_cfg), lora_cfg, seed)
+    _INITIAL[(model_cfg, lora_cfg, seed)] = get_adapter_arrays(model)
     return model, tok, PromptEncoder(tok, model_cfg.max_length)
+
+
+def initial_adapter(model_cfg: ModelConfig, lora_cfg: LoraConfigSection, seed: int) -> "OrderedDict[str, np.ndarray]":
+    """The adapter a run starts from (A seeded-random, B = 0), as built - the cached model itself later
+    holds whatever adapter was loaded into it last."""
+    cached_model(model_cfg, lora_cfg, seed)
+    return OrderedDict((n, a.copy()) for n, a in _INITIAL[(model_cfg, lora_cfg, seed)].items())
 
 
 @functools.lru_cache(maxsize=16)

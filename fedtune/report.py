@@ -17,16 +17,20 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 class RunRecorder:
-    """Appends one JSON line per round and renders the Markdown report at the end."""
+    """Appends one JSON line per round and renders the Markdown report at the end.
 
-    def __init__(self, out_dir: str | Path, meta: Mapping[str, Any]):
+    ``records``: the rounds a resumed run already completed (from its checkpoint); ``metrics.jsonl``
+    is rewritten to exactly those, dropping a line half-written by the crash or a round never checkpointed.
+    """
+
+    def __init__(self, out_dir: str | Path, meta: Mapping[str, Any], records: Sequence[Mapping[str, Any]] = ()):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.meta = dict(meta)
         self.metrics_path = self.out / "metrics.jsonl"
-        self.records: list[dict] = []
+        self.records: list[dict] = [dict(r) for r in records]
         atomic_write_text(self.out / "run.json", json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(self.metrics_path, "")
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
 
     def log_round(self, record: Mapping[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True)
@@ -71,9 +75,11 @@ def _aggregation(r: dict) -> str:
     if how != "fedavg":
         return how
     if not r.get("secure_aggregation"):
-        return f"in the clear, {r.get('aggregated', 0)} nodes"
-    dropped = len(r.get("dropped_nodes", []))
-    return f"SecAgg+ of {r.get('aggregated', 0)}" + (f" ({dropped} dropped)" if dropped else "")
+        return f"in the clear, {r.get('aggregated', 0)} nodes" + (f" (after {len(r['retries'])} failed attempt(s))"
+                                                                 if r.get("retries") else "")
+    dropped, retries = len(r.get("dropped_nodes", [])), len(r.get("retries", []))
+    notes = [f"{dropped} dropped"] * bool(dropped) + [f"after {retries} failed attempt(s)"] * bool(retries)
+    return f"SecAgg+ of {r.get('aggregated', 0)}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _summary(first: Mapping[str, Any], last: Mapping[str, Any]) -> list[str]:
@@ -95,6 +101,14 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     lines = ["# fedtune run report", ""]
     if records:
         lines += _summary(records[0], records[-1])
+    stopped = extra.get("stopped")
+    if stopped:
+        lines += [f"**The run stopped at round {stopped['round']}** of {cfg.get('federation.rounds', '?')}: "
+                  f"{stopped['reason']}.", ""]
+        if stopped.get("kind") == "failure":
+            lines += ["Every completed round is in the checkpoint. Fix the cause, then continue with "
+                      f"`fedtune simulate --resume {meta.get('config', {}).get('output.dir') or '<this folder>'}` "
+                      "(deployed: run config `output.resume=true`).", ""]
     if comparison:
         from .baselines import Row, comparison_table
 
@@ -108,6 +122,8 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     for key in ("started", "nodes_connected", "seconds_total"):
         if key in meta or key in extra:
             lines.append(f"| {key.replace('_', ' ')} | {extra.get(key, meta.get(key))} |")
+    for resumed in meta.get("resumed", []):
+        lines.append(f"| resumed | after round {resumed['after_round']} at {resumed['time']} |")
     for key, value in sorted(cfg.items()):
         lines.append(f"| `{key}` | `{value}` |")
     lines += [
@@ -144,11 +160,19 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
                 f"{_fmt(n.get('bytes_sent'), 'd')} | {_fmt(n.get('train_seconds'), '.1f')} |"
             )
     lines += _privacy_section(records, meta.get("config", {}))
-    failures = [(r["round"], n.get("name", nid), n.get("error", n.get("status"))) for r in records
-                for nid, n in r.get("nodes", {}).items() if n.get("status") not in (None, "ok", BUDGET_EXHAUSTED)]
+    failures = []
+    for r in records:
+        for attempt in r.get("retries", []):
+            failures += [(r["round"], f"{name} (attempt {attempt['attempt'] + 1})", err)
+                         for name, err in attempt["failures"].items()]
+            failures.append((r["round"], f"whole round (attempt {attempt['attempt'] + 1})", attempt["reason"]))
+        failures += [(r["round"], n.get("name", nid), n.get("error", n.get("status")))
+                     for nid, n in r.get("nodes", {}).items() if n.get("status") not in (None, "ok", BUDGET_EXHAUSTED)]
     if failures:
-        lines += ["", "## Node failures", "", "| round | node | reason |", "| ---: | --- | --- |"]
-        lines += [f"| {rnd} | {nid} | {str(err)[:200]} |" for rnd, nid, err in failures]
+        lines += ["", "## Node failures", "", "Nodes that failed, timed out or sent something unusable; a round "
+                  "went ahead when at least `federation.min-nodes` delivered, otherwise it was retried.", "",
+                  "| round | node | reason |", "| ---: | --- | --- |"]
+        lines += [f"| {rnd} | {nid} | {str(err)[:200].replace('|', '/')} |" for rnd, nid, err in failures]
     if extra.get("adapter"):
         lines += [
             "", "## Final adapter", "",
@@ -173,13 +197,13 @@ def _privacy_section(records: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any
         "(all rounds it ever trained on this dataset), at that node's δ. Evaluation metrics on held-out records "
         "are not covered by ε.", "",
     ]
-    names = {nid: n.get("name", nid) for r in records for nid, n in r.get("nodes", {}).items()}
-    order = sorted(names, key=lambda k: names[k])
-    lines += ["| round | " + " | ".join(names[k] for k in order) + " |", "| ---: |" + " ---: |" * len(order)]
-    for r in records[1:]:
+    by_name = [{n.get("name", nid): n for nid, n in r.get("nodes", {}).items()} for r in records]
+    order = sorted({name for nodes in by_name for name in nodes})  # names: node ids change when a run resumes
+    lines += ["| round | " + " | ".join(order) + " |", "| ---: |" + " ---: |" * len(order)]
+    for r, nodes in zip(records[1:], by_name[1:]):
         cells = []
         for k in order:
-            n = r.get("nodes", {}).get(k, {})
+            n = nodes.get(k, {})
             eps = n.get("epsilon")
             cell = "–" if eps is None else f"ε={eps:.3f}"
             if n.get("status") not in (None, "ok"):
@@ -187,18 +211,17 @@ def _privacy_section(records: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any
             cells.append(cell)
         lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
     last = {}
-    for r in records[1:]:
-        for k, n in r.get("nodes", {}).items():
-            if "delta" in n:
-                last[k] = n
+    for nodes in by_name[1:]:
+        last.update({k: n for k, n in nodes.items() if "delta" in n})
     if last:
         lines += ["", "| node | records N | δ | σ | q | budget (max ε) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for k in order:
             if k in last:
                 n = last[k]
-                lines.append(f"| {names[k]} | {n.get('num_records')} | {n['delta']:.2e} | {n.get('noise_multiplier', 0):.3f} | "
+                lines.append(f"| {k} | {n.get('num_records')} | {n['delta']:.2e} | {n.get('noise_multiplier', 0):.3f} | "
                              f"{n.get('sample_rate', 0):.4f} | {n.get('max_epsilon')} |")
-    stopped = [(r["round"], names[k]) for r in records for k, n in r.get("nodes", {}).items() if n.get("status") == BUDGET_EXHAUSTED]
+    stopped = [(r["round"], k) for r, nodes in zip(records, by_name) for k, n in nodes.items()
+               if n.get("status") == BUDGET_EXHAUSTED]
     if stopped:
         first: dict[str, int] = {}
         for rnd, name in stopped:

@@ -1,38 +1,49 @@
-"""The coordinator's Flower ServerApp: drives rounds over the Grid, aggregates LoRA deltas only.
+"""The coordinator's Flower ServerApp: a run of rounds that survives crashes and failing nodes.
 
-Round 0 evaluates the initial adapter (LoRA B = 0, identical to the base model) so the gain
-is visible; each round then samples nodes, has them train, obtains the weighted sum of their
-deltas — by default under SecAgg+ (``secagg/server.py``), so no single node's delta is ever seen
-here — lets the strategy step the global adapter, and evaluates it on every node's held-out
-records.  Results: ``metrics.jsonl``, ``report.md`` and ``adapter/`` in the out dir.
+Round 0 evaluates the initial adapter (LoRA B = 0, identical to the base model) so the gain is
+visible; rounds 1..R train (``coordinator.py``).  After every completed round the checkpoint is
+replaced atomically and *then* the round's metrics line is appended, so a run killed at any
+moment resumes (``output.resume = true``; ``fedtune simulate --resume DIR``) from its last
+completed round with nothing lost and nothing done twice.
+
+A round in which fewer than ``federation.min-nodes`` nodes deliver a usable update is retried
+(``federation.round-retries``, each retry after waiting for enough nodes); if it still fails, or
+too few nodes have privacy budget left, the run stops cleanly: report and adapter of the completed
+rounds, the reason in ``run.json`` and the report, the checkpoint ready to resume.
+Results: ``metrics.jsonl``, ``report.md`` (+ plots), ``checkpoint.safetensors``, ``adapter/``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
-import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from .adapters import AdapterMismatch, check_arrays, export_adapter, get_adapter_arrays, set_adapter_arrays, unflatten
-from .config import RunConfig
-from .messages import error_text, exchange, from_record, reply_bytes, to_record, wait_for_nodes
-from .data import RecordSpec
-from .data.synthetic import DEPARTMENTS, INSTRUCTION as TRIAGE_INSTRUCTION
-from .evaluation import combine_metrics, evaluate
-from .node import SYNTHETIC_TRIAGE, cached_model, load_data_file
+from .adapters import AdapterMismatch, check_arrays, export_adapter
+from .checkpoint import Checkpoint, CheckpointError, check_resumable, checkpoint_path, load_checkpoint, save_checkpoint
+from .config import ConfigError, RunConfig
+from .coordinator import Coordinator, adapter_meta
+from .files import folder_lock
+from .messages import wait_for_nodes
 from .report import RunRecorder
-from .secagg.crypto import SecAggError
-from .secagg.params import clip_bound
-from .secagg.server import Advert, SecAggServer
-from .strategy import FedAvg, weighted_sum
 
 app = ServerApp()
+
+
+@dataclass
+class Stop:
+    """Why a run ended before its last round. ``budget``: no node may train any more (a normal end);
+    ``failure``: a round kept failing - fix the cause and resume."""
+
+    round: int
+    kind: str
+    reason: str
 
 
 def results_dir(cfg: RunConfig) -> Path:
@@ -41,193 +52,123 @@ def results_dir(cfg: RunConfig) -> Path:
     return (Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
 
 
-def _weighted(nodes: dict, key: str, weight: str) -> float | None:
-    pairs = [(n[key], n[weight]) for n in nodes.values() if key in n and n.get(weight)]
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else None
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def adapter_meta(cfg: RunConfig) -> dict:
-    """What ``fedtune generate`` needs to use the adapter as it was trained."""
-    meta: dict = {"model.name": cfg.model.name, "data.source": cfg.data.source}
-    if cfg.data.source == SYNTHETIC_TRIAGE:
-        meta["system"] = TRIAGE_INSTRUCTION
-    elif cfg.data.format == "classification" and cfg.data.label_list:
-        meta["system"] = RecordSpec.from_config(cfg.data).classification_prompt(cfg.data.label_list)
-    return meta
+def _failures(nodes: dict) -> dict[str, str]:
+    return {n.get("name", nid): str(n.get("error", n.get("status"))) for nid, n in nodes.items()
+            if n.get("status") not in (None, "ok")}
 
 
-def central_eval_data(cfg: RunConfig, encoder) -> tuple[list, tuple[str, ...]]:
-    """The coordinator's evaluation file, encoded, and its label set (refused if any record is bad)."""
-    data = load_data_file(cfg.data, cfg.data.eval_file)
-    labels = cfg.data.label_list or (DEPARTMENTS if cfg.data.source == SYNTHETIC_TRIAGE else data.labels)
-    return encoder.encode_all(data.examples), tuple(labels)
-
-
-class Coordinator:
-    """State of one federated run on the server side."""
-
-    def __init__(self, grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0):
-        self.grid, self.cfg, self.out, self.run_id = grid, cfg, out, run_id
-        self.model, _, self.encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
-        self.global_arrays = get_adapter_arrays(self.model)
-        self.strategy = FedAvg(cfg.federation.server_lr)
-        self.central = central_eval_data(cfg, self.encoder) if cfg.data.eval_file else None
-
-    def _send(self, node_ids, message_type: str, rnd: int, nodes: dict, on_ok) -> None:
-        content = lambda: RecordDict({  # noqa: E731 - each message needs its own record
-            "adapter": to_record(self.global_arrays), "config": ConfigRecord({"round": rnd}),
-        })
-        msgs = [Message(content(), dst_node_id=n, message_type=message_type, group_id=str(rnd)) for n in node_ids]
-        stage = "train" if message_type == MessageType.TRAIN else "eval"
-
-        def handle(reply: Message) -> None:
-            nid = str(reply.metadata.src_node_id)
-            entry = nodes.setdefault(nid, {})
-            if reply.has_error():
-                entry.update(status="error", error=f"{stage}: {error_text(reply)}")
-                log(WARNING, "[round %d] node %s failed %s: %s", rnd, nid, stage, entry["error"])
-                return
-            info = reply.content["info"]
-            entry["name"] = str(info["name"])
-            entry.update({k: v for k, v in reply.content["metrics"].items()})
-            status = str(info["status"])
-            if status != "ok":  # e.g. the node's privacy budget is spent: it declined, the round goes on
-                entry["status"] = status
-                log(WARNING, "[round %d] %s declined %s: %s (epsilon %.3f of its budget %.3f)", rnd, entry["name"],
-                    stage, status, entry.get("epsilon", float("nan")), entry.get("max_epsilon", float("nan")))
-                return
-            entry.setdefault("status", "ok")
-            on_ok(reply, entry)
-
-        replies = exchange(self.grid, msgs, self.cfg.federation.round_timeout, handle)
-        answered = {str(r.metadata.src_node_id) for r in replies}
-        for n in node_ids:
-            if str(n) not in answered:
-                nodes.setdefault(str(n), {}).update(status="timeout", error=f"{stage}: no reply in time")
-
-    def evaluate(self, rnd: int, nodes: dict) -> dict:
-        node_ids = sorted(self.grid.get_node_ids())
-
-        def done(_reply, e):
-            log(INFO, "[round %d] %s eval: accuracy %.1f%% loss %.3f (%d records)", rnd, e["name"],
-                100 * e["eval_accuracy"], e["eval_loss"], e["eval_examples"])
-
-        self._send(node_ids, MessageType.EVALUATE, rnd, nodes, done)
-        summary = combine_metrics(list(nodes.values()))  # every node that evaluated, whatever its training did
-        if self.central is not None:
-            summary.update(self.evaluate_central(rnd))
-        return summary
-
-    def evaluate_central(self, rnd: int) -> dict:
-        """Score the global adapter on the coordinator's own evaluation file."""
-        cfg, (encoded, labels) = self.cfg, self.central
-        set_adapter_arrays(self.model, self.global_arrays)
-        result = evaluate(self.model, self.encoder, encoded, cfg.train.eval_batch_size, cfg.model.precision, labels,
-                          cfg.train.eval_max_new_tokens)
-        metrics = combine_metrics([result.to_metrics("central_")], "central_")
-        log(INFO, "[round %d] central eval: accuracy %.1f%% loss %.3f (%d records)", rnd,
-            100 * metrics["central_accuracy"], metrics["central_loss"], result.examples)
-        return metrics
-
-    def train(self, rnd: int, nodes: dict) -> dict:
-        fed, secure = self.cfg.federation, self.cfg.secagg.enabled
-        connected = sorted(self.grid.get_node_ids())
-        k = max(fed.min_nodes, int(round(fed.fraction_train * len(connected))))
-        rng = np.random.default_rng([self.cfg.train.seed, rnd])
-        picks = rng.permutation(len(connected))[: min(k, len(connected))]  # indices: node ids are uint64
-        sampled = sorted(connected[i] for i in picks)
-        updates, adverts = [], {}
-
-        def done(reply, e):
-            e["bytes_sent"] = reply_bytes(reply)
-            if secure:  # only two public keys and the weight came back; the delta stays on the node
-                try:
-                    adverts[reply.metadata.src_node_id] = Advert.from_record(reply.content["secagg"])
-                except (KeyError, TypeError, ValueError, SecAggError) as exc:
-                    e.update(status="rejected", error=f"train: bad key advertisement: {exc}")
-                    return
-            else:
-                d = from_record(reply.content["delta"])
-                try:
-                    check_arrays(self.global_arrays, d)
-                except AdapterMismatch as exc:
-                    e.update(status="rejected", error=f"train: bad update: {exc}")
-                    log(WARNING, "[round %d] rejected update from %s: %s", rnd, e["name"], exc)
-                    return
-                updates.append((d, float(e["examples"])))
-            privacy = f", epsilon {e['epsilon']:.3f} (delta {e['delta']:.1e})" if "epsilon" in e else ""
-            log(INFO, "[round %d] %s trained: loss %.3f, %d steps, %.1fs%s", rnd, e["name"],
-                e["train_loss"], e["steps"], e["train_seconds"], privacy)
-
-        log(INFO, "[round %d/%d] training on %d of %d nodes", rnd, fed.rounds, len(sampled), len(connected))
-        t0 = time.monotonic()
-        self._send(sampled, MessageType.TRAIN, rnd, nodes, done)
-        summary = {"sampled": len(sampled), "secure_aggregation": secure,
-                   "train_loss": _weighted(nodes, "train_loss", "examples")}
-        ready = len(adverts) if secure else len(updates)
-        if ready < fed.min_nodes:
-            log(WARNING, "[round %d] only %d usable updates (< min-nodes %d): global adapter unchanged",
-                rnd, ready, fed.min_nodes)
-            return {**summary, "aggregated": 0, "aggregation": "skipped", "train_phase_seconds": _since(t0)}
-        if secure:
+def run_round(coord: Coordinator, rnd: int) -> tuple[dict | None, Stop | None]:
+    """Train round ``rnd`` (retrying it if too few nodes delivered) and evaluate the new adapter."""
+    fed, failed = coord.cfg.federation, []
+    for attempt in range(fed.round_retries + 1):
+        nodes: dict = {}
+        summary = coord.train(rnd, nodes, attempt)
+        if summary["aggregation"] == "fedavg":
+            summary.update(coord.evaluate(rnd, nodes))
+            return {"round": rnd, **summary, "nodes": nodes, **({"retries": failed} if failed else {})}, None
+        failed.append({"attempt": attempt, "aggregation": summary["aggregation"], "reason": summary["reason"],
+                       "failures": _failures(nodes)})
+        eligible = coord.eligible()
+        if len(eligible) < fed.min_nodes and coord.exhausted:
+            return None, Stop(rnd, "budget", f"only {len(eligible)} nodes still have privacy budget to train "
+                                              f"(< federation.min-nodes {fed.min_nodes}); every other node's "
+                                              "privacy budget is spent")
+        if attempt < fed.round_retries:
+            log(WARNING, "[round %d] %s; retrying (%d of %d)", rnd, summary["reason"], attempt + 1, fed.round_retries)
             try:
-                result = self._secure_sum(rnd, adverts, nodes)
-            except SecAggError as exc:
-                log(WARNING, "[round %d] secure aggregation aborted, global adapter unchanged: %s", rnd, exc)
-                gone = [str(n) for n in adverts if nodes.get(str(n), {}).get("status") in ("dropped", "error")]
-                return {**summary, "aggregated": 0, "aggregation": "aborted", "secagg_error": str(exc),
-                        "dropped_nodes": gone, "train_phase_seconds": _since(t0)}
-            delta_sum, total = unflatten(result.weighted_sum, self.global_arrays), result.total_weight
-            summary.update(dropped_nodes=[str(n) for n in result.dropped], secagg_seconds=round(result.seconds, 3),
-                           secagg={"degree": result.degree, "threshold": result.threshold, **result.stages})
-            aggregated = len(result.survivors)
+                wait_for_nodes(coord.grid, fed.min_nodes, fed.node_wait_timeout)
+            except TimeoutError as exc:
+                return None, Stop(rnd, "failure", f"round {rnd}: {summary['reason']}, and then {exc}")
+    nodes_said = "; ".join(f"{k}: {v}" for k, v in failed[-1]["failures"].items())[:1000]
+    return None, Stop(rnd, "failure", f"round {rnd} failed {len(failed)} times (last: {failed[-1]['reason']})"
+                                      + (f". Node failures: {nodes_said}" if nodes_said else ""))
+
+
+def check_start(cfg: RunConfig, out: Path) -> None:
+    """Everything that can refuse to start or resume, checked before anything is written."""
+    if cfg.output.resume:
+        ckpt = load_checkpoint(out)
+        check_resumable(ckpt.config, cfg.to_flat(), ckpt.round)
+    elif checkpoint_path(out).exists():
+        raise ConfigError(f"{out} already holds a run (it has {checkpoint_path(out).name}). Continue it with "
+                          "output.resume=true (fedtune simulate --resume DIR), or choose another output.dir")
+    elif out.exists() and not out.is_dir():
+        raise ConfigError(f"output.dir {out} exists and is not a folder; choose another output.dir")
+
+
+def _restore(coord: Coordinator, out: Path, cfg: RunConfig) -> Checkpoint:
+    ckpt = load_checkpoint(out)  # again, under the lock: the folder is ours now
+    check_resumable(ckpt.config, cfg.to_flat(), ckpt.round)
+    try:
+        check_arrays(coord.global_arrays, ckpt.adapter)
+        if ckpt.strategy:
+            check_arrays(coord.global_arrays, ckpt.strategy)
+    except AdapterMismatch as exc:
+        raise CheckpointError(f"the adapter in {checkpoint_path(out)} does not fit this model and LoRA "
+                              f"configuration: {exc}") from exc
+    coord.global_arrays = ckpt.adapter
+    coord.strategy.load_state_arrays(ckpt.strategy)
+    return ckpt
+
+
+def run_federation(grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0) -> Path:
+    """Run (or resume) the whole federation; returns the report's path."""
+    start = time.monotonic()
+    check_start(cfg, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the results folder {out}: {exc}. Choose another output.dir") from exc
+    with folder_lock(out):
+        coord = Coordinator(grid, cfg, run_id)
+        if cfg.output.resume:
+            ckpt = _restore(coord, out, cfg)
+            meta = {**ckpt.run, "config": cfg.to_flat()}
+            meta.pop("finished", None)
+            meta["resumed"] = [*meta.get("resumed", []), {"after_round": ckpt.round, "time": _now(), "run_id": run_id}]
+            recorder, first = RunRecorder(out, meta, ckpt.records), ckpt.round + 1
+            log(INFO, "fedtune: resuming %s after round %d of %d", out, ckpt.round, cfg.federation.rounds)
         else:
-            delta_sum, total = weighted_sum(updates)
-            aggregated = len(updates)
-        self.global_arrays = self.strategy.step(self.global_arrays, delta_sum, total)
-        return {**summary, "aggregated": aggregated, "aggregation": "fedavg", "train_phase_seconds": _since(t0)}
-
-    def _secure_sum(self, rnd: int, adverts: dict, nodes: dict):
-        cfg = self.cfg
-        size = int(sum(a.size for a in self.global_arrays.values()))
-        server = SecAggServer(self.grid, rnd, self.run_id, size, clip_bound(cfg, size), cfg.secagg.dropout,
-                              cfg.secagg.stage_timeout, nodes)
-        result = server.run(adverts)
-        if len(result.survivors) < cfg.federation.min_nodes:
-            raise SecAggError(f"only {len(result.survivors)} nodes completed the protocol (< min-nodes "
-                              f"{cfg.federation.min_nodes})")
-        log(INFO, "[round %d] secure sum of %d nodes in %.1fs (dropped: %s)", rnd, len(result.survivors),
-            result.seconds, ", ".join(nodes.get(str(n), {}).get("name", str(n)) for n in result.dropped) or "none")
-        return result
-
-
-def _since(t0: float) -> float:
-    return round(time.monotonic() - t0, 3)
+            recorder, first = RunRecorder(out, {
+                "config": cfg.to_flat(), "started": _now(), "run_id": run_id,
+                "adapter_parameters": int(sum(a.size for a in coord.global_arrays.values())),
+            }), 0
+        log(INFO, "fedtune: results will be written to %s", out)
+        node_ids = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout)
+        recorder.meta["nodes_connected"] = len(node_ids)
+        stop = None
+        for rnd in range(first, cfg.federation.rounds + 1):
+            t0 = time.monotonic()
+            if rnd == 0:
+                nodes: dict = {}
+                record: dict | None = {"round": 0, **coord.evaluate(0, nodes), "nodes": nodes}
+            else:
+                record, stop = run_round(coord, rnd)
+            if stop is not None:
+                log(ERROR if stop.kind == "failure" else WARNING, "fedtune: run stopped at round %d: %s", rnd, stop.reason)
+                break
+            record["seconds"] = round(time.monotonic() - t0, 3)
+            # The checkpoint first: a crash before the metrics line is appended is repaired on resume.
+            save_checkpoint(out, Checkpoint(rnd, coord.global_arrays, coord.strategy.state_arrays(),
+                                            [*recorder.records, record], cfg.to_flat(), recorder.meta))
+            recorder.log_round(record)
+            acc = record["eval_accuracy"]
+            log(INFO, "[round %d/%d] global eval accuracy %s, loss %s, %.1fs", rnd, cfg.federation.rounds,
+                "n/a" if acc is None else f"{100 * acc:.1f}%", record["eval_loss"], record["seconds"])
+        adapter = export_adapter(coord.model, coord.global_arrays, out / "adapter", adapter_meta(cfg))
+        extra = {"adapter": str(adapter), "seconds_total": round(time.monotonic() - start, 1)}
+        if stop is not None:
+            extra["stopped"] = asdict(stop)
+        report = recorder.finish(extra)
+    log(INFO, "fedtune: %s. Report: %s  Adapter: %s", "stopped" if stop else "done", report, adapter)
+    return report
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(context.run_config)
-    out = results_dir(cfg)
-    start = time.monotonic()
-    log(INFO, "fedtune: results will be written to %s", out)
-    coord = Coordinator(grid, cfg, out, int(context.run_id))
-    node_ids = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout)
-    recorder = RunRecorder(out, {
-        "config": cfg.to_flat(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "nodes_connected": len(node_ids), "run_id": context.run_id,
-        "adapter_parameters": int(sum(a.size for a in coord.global_arrays.values())),
-    })
-    for rnd in range(cfg.federation.rounds + 1):
-        t0, nodes = time.monotonic(), {}
-        summary = coord.train(rnd, nodes) if rnd else {}
-        summary.update(coord.evaluate(rnd, nodes))
-        record = {"round": rnd, **summary, "seconds": round(time.monotonic() - t0, 3), "nodes": nodes}
-        recorder.log_round(record)
-        acc = record["eval_accuracy"]
-        log(INFO, "[round %d/%d] global eval accuracy %s, loss %s, %.1fs", rnd, cfg.federation.rounds,
-            "n/a" if acc is None else f"{100 * acc:.1f}%", record["eval_loss"], record["seconds"])
-    adapter = export_adapter(coord.model, coord.global_arrays, out / "adapter", adapter_meta(cfg))
-    report = recorder.finish({"adapter": str(adapter), "seconds_total": round(time.monotonic() - start, 1)})
-    log(INFO, "fedtune: done. Report: %s  Adapter: %s", report, adapter)
+    run_federation(grid, cfg, results_dir(cfg), int(context.run_id))

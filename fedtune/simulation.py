@@ -8,6 +8,7 @@ the SuperLink is always stopped afterwards - also on errors and Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,13 +22,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Preset, RunConfig, load_preset
+from .config import ConfigError, Preset, RunConfig, load_preset
 from .data import DataError, partition
+from .files import FolderBusy, atomic_write_text, folder_lock
 from .model import resolve_model_path
 from .node import load_data_file, simulation_pool
 from .report import read_metrics
+from .server_app import check_start
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the checkout whose pyproject.toml declares the Flower app
+SAVED_PRESET = "preset.toml"  # the run's resolved configuration, written into its results folder
 
 
 class SimulationError(RuntimeError):
@@ -39,6 +43,7 @@ class SimulationResult:
     out: Path
     metrics: list[dict]
     seconds: float
+    stopped: dict | None = None  # why the run ended early (e.g. every node's privacy budget is spent)
 
     @property
     def first_accuracy(self) -> float:
@@ -136,11 +141,60 @@ def check_data(cfg: RunConfig, num_nodes: int) -> None:
 
 def simulate(
     preset: str | Path | None = None, overrides: list[str] | None = None, out: str | Path | None = None,
-    quiet: bool = False,
+    quiet: bool = False, resume: str | Path | None = None,
 ) -> SimulationResult:
-    """Run a federated simulation end to end and return where its results are."""
+    """Run a federated simulation end to end (or continue the one in ``resume``) and return where its results are."""
+    if resume is not None:
+        cfg, info = resume_config(resume, preset, overrides)
+        return run_simulation_config(cfg, info, resume, quiet)
     cfg, info = load_preset(preset, overrides)
     return run_simulation_config(cfg, info, out, quiet)
+
+
+def resume_config(out: str | Path, preset: str | Path | None, overrides: list[str] | None) -> tuple[RunConfig, Preset]:
+    """The configuration to continue the run in ``out`` with: its saved ``preset.toml`` (or the given
+    preset), ``--set`` overrides, ``output.resume = true``."""
+    out_dir = Path(out).expanduser().resolve()
+    saved = out_dir / SAVED_PRESET
+    if preset is None and not saved.is_file():
+        raise ConfigError(f"{out_dir} has no {SAVED_PRESET}, so it is not a folder written by `fedtune simulate`; "
+                          f"give the preset it was started with: fedtune simulate PRESET --resume {out}")
+    cfg, info = load_preset(preset or saved, overrides)
+    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(out_dir), resume=True)), info
+
+
+def _save_preset(flat: dict[str, Any], info: Preset, path: Path) -> None:
+    """The run's full configuration as a preset: what ``--resume`` reads back."""
+    body = {k: v for k, v in flat.items() if not k.startswith("output.")}
+    sim = {"nodes": info.num_nodes, **({"cpus-per-node": info.cpus_per_node} if info.cpus_per_node else {})}
+    text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(body.items()))
+    text += "\n[simulation]\n" + "".join(f"{k} = {v}\n" for k, v in sim.items())
+    atomic_write_text(path, text)
+
+
+def _results_folder(cfg: RunConfig, out: str | Path | None) -> Path:
+    """Where the run writes, checked before anything is created there (see server_app.check_start)."""
+    out_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).expanduser().resolve()
+    check_start(dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(out_dir))), out_dir)
+    if cfg.output.resume:
+        try:
+            with folder_lock(out_dir):
+                pass  # nobody is writing there (e.g. a SuperLink that outlived a killed `fedtune simulate`)
+        except FolderBusy as exc:
+            raise SimulationError(str(exc)) from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the results folder {out_dir}: {exc}. Choose another --out") from exc
+    return out_dir
+
+
+def _fresh_superlink(home: Path) -> None:
+    """Resuming: stop a SuperLink the crashed run left behind and keep its state aside (its log may matter)."""
+    stop_superlink(home)
+    old = home / "local-superlink"
+    if old.exists():
+        old.rename(home / f"local-superlink.before-resume-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
 def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, quiet: bool,
@@ -148,16 +202,19 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
     """``app_dir``: the Flower app to run (fedtune's own by default; benchmarks pass comparison apps)."""
     if not (app_dir / "pyproject.toml").is_file():
         raise SimulationError(f"fedtune simulate runs the Flower app from a source checkout; {app_dir} has no pyproject.toml")
-    check_data(cfg, info.num_nodes)  # before anything is created: bad data leaves no results folder behind
-    out_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resolve_model_path(cfg.model.name)  # convert/cache the model once here, not in every process
+    # Everything that can refuse the run is checked before anything is written: bad input leaves no trace.
+    check_data(cfg, info.num_nodes)
+    resolve_model_path(cfg.model.name)  # also converts/caches the model once here, not in every process
+    out_dir = _results_folder(cfg, out)
     flat = cfg.to_flat()
     flat["output.dir"] = str(out_dir)
     run_config = out_dir / "run-config.toml"
     write_run_config(flat, run_config)
+    _save_preset(flat, info, out_dir / SAVED_PRESET)
     home = out_dir / ".flwr"
     home.mkdir(exist_ok=True)
+    if cfg.output.resume:
+        _fresh_superlink(home)
     env = flower_env(home)
     cpus = info.cpus_per_node or os.cpu_count() or 1
     federation = f"num-supernodes={info.num_nodes} client-resources-num-cpus={cpus} init-args-log-to-driver=false"
@@ -165,7 +222,9 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
     log_path = out_dir / "simulation.log"
     start = time.monotonic()
     try:
-        with log_path.open("w", encoding="utf-8") as log:
+        with log_path.open("a" if cfg.output.resume else "w", encoding="utf-8") as log:
+            if cfg.output.resume:
+                log.write(f"\n===== fedtune simulate --resume {out_dir} ({datetime.now().isoformat(timespec='seconds')}) =====\n")
             proc = subprocess.Popen(cmd, env=env, cwd=out_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -178,10 +237,25 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
         status, details = _run_status(env, out_dir)
     finally:
         stop_superlink(home)
-    metrics_path = out_dir / "metrics.jsonl"
-    if proc.returncode != 0 or "failed" in status or not (out_dir / "report.md").is_file():
+    finished = _finished(out_dir)
+    if proc.returncode != 0 or "failed" in status or finished is None:
+        resume = f" Completed rounds are checkpointed: continue with fedtune simulate --resume {out_dir}" \
+            if (out_dir / "checkpoint.safetensors").is_file() else ""
         raise SimulationError(
             f"simulation did not finish (flwr exit {proc.returncode}, run status {status}: {details}). "
-            f"Full log: {log_path}"
+            f"Full log: {log_path}.{resume}"
         )
-    return SimulationResult(out_dir, read_metrics(metrics_path), time.monotonic() - start)
+    stopped = finished.get("stopped")
+    if stopped and stopped["kind"] == "failure":
+        raise SimulationError(f"the run stopped at round {stopped['round']}: {stopped['reason']}. Completed rounds are "
+                              f"checkpointed; fix the cause, then continue with: fedtune simulate --resume {out_dir}")
+    return SimulationResult(out_dir, read_metrics(out_dir / "metrics.jsonl"), time.monotonic() - start, stopped)
+
+
+def _finished(out_dir: Path) -> dict | None:
+    """run.json's ``finished`` entry of *this* attempt (None if the ServerApp did not get that far)."""
+    try:
+        run = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return run.get("finished")

@@ -89,7 +89,15 @@ def train_local(
     """Train the adapter in place for ``cfg.local_steps`` steps; return loss and timing."""
     if not data:
         raise ValueError("no training records on this node")
+    private = stepper is not None
     stepper = stepper or PlainStepper(model, len(data), cfg, seed)
+    with torch.random.fork_rng(devices=[]):
+        if not private:  # LoRA dropout draws from torch's global RNG: seed it so a resumed run repeats the round.
+            torch.manual_seed(seed)  # Never under DP: its noise must not be reproducible from a known seed.
+        return _train_steps(model, encoder, data, cfg, precision, stepper, progress)
+
+
+def _train_steps(model, encoder, data, cfg, precision, stepper, progress) -> TrainResult:
     batches = stepper.batches()
     model.train()
     start, losses, samples = time.perf_counter(), [], 0

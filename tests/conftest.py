@@ -62,3 +62,16 @@ def tiny_peft(tiny_cfg):
     tok = load_tokenizer(tiny_cfg.model.name)
     model = add_lora(load_base_model(tiny_cfg.model), tiny_cfg.lora, seed=0)
     return model, tok, PromptEncoder(tok, tiny_cfg.model.max_length)
+
+
+@pytest.fixture
+def run_config(tiny_model_dir, tmp_path):
+    """Flat run config for in-process federations (tests/loopback.py): tiny model, DP with a fixed σ."""
+    from fedtune.config import RunConfig
+
+    return RunConfig.from_flat({
+        "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,
+        "train.batch-size": 4, "train.local-steps": 2, "train.lr": 0.01, "data.records": 320,
+        "privacy.state-dir": str(tmp_path / "ledgers"), "federation.min-nodes": 2, "secagg.stage-timeout": 1.0,
+        "privacy.noise-multiplier": 1.0,  # fixed σ: skips the target-ε search
+    }).to_flat()

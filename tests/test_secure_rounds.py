@@ -17,22 +17,12 @@ from fedtune.config import RunConfig
 from fedtune.node import cached_model
 from fedtune.secagg import client as secagg_client
 from fedtune.secagg.crypto import SecAggError
-from fedtune.server_app import Coordinator
+from fedtune.coordinator import Coordinator
 from fedtune.strategy import FedAvg
 
 from loopback import LoopbackGrid
 
 NODES = 8
-
-
-@pytest.fixture
-def run_config(tiny_model_dir, tmp_path):
-    return RunConfig.from_flat({
-        "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,
-        "train.batch-size": 4, "train.local-steps": 2, "train.lr": 0.01, "data.records": 320,
-        "privacy.state-dir": str(tmp_path / "ledgers"), "federation.min-nodes": 2, "secagg.stage-timeout": 1.0,
-        "privacy.noise-multiplier": 1.0,  # fixed σ: skips the target-ε search
-    }).to_flat()
 
 
 class SpyStrategy(FedAvg):
@@ -50,7 +40,7 @@ class SpyStrategy(FedAvg):
 def federation(run_config, tmp_path, **overrides):
     cfg = RunConfig.from_flat({**run_config, **overrides})
     grid = LoopbackGrid(NODES, cfg.to_flat())
-    coord = Coordinator(grid, cfg, tmp_path / "out", run_id=7)
+    coord = Coordinator(grid, cfg, run_id=7)
     coord.strategy = SpyStrategy()
     inputs, true_deltas = {}, {}
 

@@ -1,0 +1,228 @@
+"""Failing nodes, bad aggregates, retries, checkpoints and resume on the real ServerApp run loop
+(``server_app.run_federation``) and the real ClientApp, connected by an in-process Grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fedtune.client_app
+from fedtune.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from fedtune.config import ConfigError, RunConfig
+from fedtune.coordinator import Coordinator
+from fedtune.report import read_metrics
+from fedtune.secagg.server import SecAggServer
+from fedtune.server_app import run_federation
+
+from loopback import LoopbackGrid
+
+
+def make_run(run_config, out: Path, nodes: int = 4, **overrides):
+    cfg = RunConfig.from_flat({**run_config, "output.dir": str(out), "federation.rounds": 2, **overrides})
+    return LoopbackGrid(nodes, cfg.to_flat()), cfg
+
+
+def raise_on(monkeypatch, should_fail):
+    """Make the real ClientApp's training raise on the nodes and rounds ``should_fail(partition, round)`` picks."""
+    real = fedtune.client_app.train_round
+
+    def train_round(cfg, node_config, run_id, rnd, global_arrays):
+        if should_fail(int(node_config["partition-id"]), rnd):
+            raise OSError("disk full on this node")
+        return real(cfg, node_config, run_id, rnd, global_arrays)
+
+    monkeypatch.setattr(fedtune.client_app, "train_round", train_round)
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_one_of_four_nodes_raising_every_round_the_run_completes_and_reports_it(run_config, tmp_path, monkeypatch):
+    raise_on(monkeypatch, lambda pid, rnd: pid == 3)
+    out = tmp_path / "out"
+    grid, cfg = make_run(run_config, out)
+    report = run_federation(grid, cfg, out).read_text()
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    for m in metrics[1:]:
+        assert m["aggregation"] == "fedavg" and m["aggregated"] == 3 and m["secure_aggregation"]
+        failed = [n for n in m["nodes"].values() if n["status"] == "error"]
+        assert len(failed) == 1 and "disk full on this node" in failed[0]["error"]
+    assert "## Node failures" in report and report.count("disk full on this node") == 2
+    assert load_checkpoint(out).round == 2 and (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_round_that_fails_is_retried_and_the_retry_is_recorded(run_config, tmp_path, monkeypatch):
+    calls: dict = {}
+
+    def first_attempt_of_round_1_on_three_nodes(pid, rnd):
+        calls[pid, rnd] = calls.get((pid, rnd), 0) + 1
+        return rnd == 1 and pid > 0 and calls[pid, rnd] == 1
+
+    raise_on(monkeypatch, first_attempt_of_round_1_on_three_nodes)
+    out = tmp_path / "out"
+    grid, cfg = make_run(run_config, out, **{"federation.rounds": 1})
+    run_federation(grid, cfg, out)
+    (m0, m1) = read_metrics(out / "metrics.jsonl")
+    assert m1["aggregation"] == "fedavg" and m1["aggregated"] == 4
+    (attempt,) = m1["retries"]
+    assert attempt["aggregation"] == "skipped" and "only 1 usable updates" in attempt["reason"]
+    assert sorted(attempt["failures"]) == ["hospital-1", "hospital-2", "hospital-3"]
+    assert "after 1 failed attempt(s)" in (out / "report.md").read_text()
+
+
+def test_nan_aggregate_is_rejected_and_the_global_adapter_and_strategy_state_stay(run_config, monkeypatch):
+    cfg = RunConfig.from_flat({**run_config, "federation.server-momentum": 0.9})
+    coord = Coordinator(LoopbackGrid(4, cfg.to_flat()), cfg, run_id=7)
+    velocity = {n: np.full(a.shape, 0.5, np.float32) for n, a in coord.global_arrays.items()}
+    coord.strategy.load_state_arrays(velocity)
+    before = {n: a.copy() for n, a in coord.global_arrays.items()}
+    real_run = SecAggServer.run
+
+    def poisoned(self, adverts):
+        result = real_run(self, adverts)
+        result.weighted_sum[7] = np.nan  # what a corrupted unmasking would hand to the strategy
+        return result
+
+    monkeypatch.setattr(SecAggServer, "run", poisoned)
+    nodes: dict = {}
+    summary = coord.train(1, nodes)
+    assert summary["aggregation"] == "rejected" and "NaN or Inf" in summary["reason"]
+    assert all(n["status"] == "ok" for n in nodes.values())  # the nodes did their part
+    for name, arr in before.items():
+        np.testing.assert_array_equal(coord.global_arrays[name], arr)
+        np.testing.assert_array_equal(coord.strategy.velocity[name], velocity[name])
+
+
+def test_aggregate_of_the_wrong_shape_is_rejected_in_the_clear(run_config, monkeypatch):
+    cfg = RunConfig.from_flat({**run_config, "secagg.enabled": False})
+    coord = Coordinator(LoopbackGrid(3, cfg.to_flat()), cfg, run_id=7)
+    before = {n: a.copy() for n, a in coord.global_arrays.items()}
+    import fedtune.coordinator as coordinator
+
+    real = coordinator.weighted_sum
+    monkeypatch.setattr(coordinator, "weighted_sum", lambda ups: ({n: a[:1] for n, a in real(ups)[0].items()}, 3.0))
+    summary = coord.train(1, {})
+    assert summary["aggregation"] == "rejected" and "shape" in summary["reason"]
+    assert all(np.array_equal(coord.global_arrays[n], a) for n, a in before.items())
+
+
+def test_a_round_that_keeps_failing_stops_the_run_with_its_checkpoint(run_config, tmp_path, monkeypatch):
+    def always_inf(self, adverts):
+        result = real_run(self, adverts)
+        result.weighted_sum[:] = np.inf
+        return result
+
+    real_run = SecAggServer.run
+    monkeypatch.setattr(SecAggServer, "run", always_inf)
+    out = tmp_path / "out"
+    grid, cfg = make_run(run_config, out, nodes=3, **{"federation.round-retries": 1})
+    run_federation(grid, cfg, out)
+    ckpt = load_checkpoint(out)
+    assert ckpt.round == 0 and [m["round"] for m in read_metrics(out / "metrics.jsonl")] == [0]
+    assert all(not a[...].any() for n, a in ckpt.adapter.items() if "lora_B" in n)  # still the initial adapter
+    stopped = json.loads((out / "run.json").read_text())["finished"]["stopped"]
+    assert stopped["kind"] == "failure" and stopped["round"] == 1 and "failed 2 times" in stopped["reason"]
+    report = (out / "report.md").read_text()
+    assert "The run stopped at round 1" in report and "--resume" in report
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: not an Exception, so nothing on the way catches it."""
+
+
+def test_resume_after_a_crash_mid_round_repeats_nothing_and_matches_an_uninterrupted_run(
+        run_config, tmp_path, monkeypatch):
+    """Privacy off (DP noise is fresh OS randomness by design), SecAgg+ on, FedAvgM: the velocity must be
+    restored from the checkpoint too, or the resumed adapter would differ."""
+    flat = {**run_config, "privacy.enabled": False, "federation.server-momentum": 0.9}
+    grid, cfg = make_run(flat, tmp_path / "straight", **{"federation.rounds": 3})
+    run_federation(grid, cfg, tmp_path / "straight")
+    straight = load_checkpoint(tmp_path / "straight")
+
+    out = tmp_path / "crashed"
+    real_evaluate = Coordinator.evaluate
+
+    def evaluate(self, rnd, nodes):
+        if rnd == 2:  # round 2 trained and aggregated; the process dies before it is checkpointed
+            raise Crash()
+        return real_evaluate(self, rnd, nodes)
+
+    monkeypatch.setattr(Coordinator, "evaluate", evaluate)
+    grid, cfg = make_run(flat, out, **{"federation.rounds": 3})
+    with pytest.raises(Crash):
+        run_federation(grid, cfg, out)
+    assert load_checkpoint(out).round == 1 and not (out / "adapter").exists()
+    monkeypatch.setattr(Coordinator, "evaluate", real_evaluate)
+    grid, cfg = make_run(flat, out, **{"federation.rounds": 3, "output.resume": True})
+    run_federation(grid, cfg, out)
+
+    resumed = load_checkpoint(out)
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3] and resumed.round == 3
+    for name, arr in straight.adapter.items():
+        np.testing.assert_array_equal(resumed.adapter[name], arr)
+        np.testing.assert_array_equal(resumed.strategy[name], straight.strategy[name])
+    for a, b in zip(metrics, straight.records):
+        assert a["eval_loss"] == b["eval_loss"]
+    run = json.loads((out / "run.json").read_text())
+    assert [r["after_round"] for r in run["resumed"]] == [1] and "| resumed | after round 1" in (out / "report.md").read_text()
+
+
+def test_resume_can_extend_a_finished_run(run_config, tmp_path):
+    out = tmp_path / "out"
+    grid, cfg = make_run(run_config, out, **{"federation.rounds": 1, "secagg.enabled": False})
+    run_federation(grid, cfg, out)
+    grid, cfg = make_run(run_config, out, **{"federation.rounds": 2, "secagg.enabled": False, "output.resume": True})
+    run_federation(grid, cfg, out)
+    assert [m["round"] for m in read_metrics(out / "metrics.jsonl")] == [0, 1, 2]
+    assert "finished" in json.loads((out / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """A finished one-round run in the clear, to try bad restarts on."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    cfg = RunConfig.from_flat({
+        "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "train.batch-size": 4,
+        "train.local-steps": 1, "data.records": 120, "privacy.enabled": False, "secagg.enabled": False,
+        "federation.rounds": 1, "output.dir": str(out),
+    })
+    run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out)
+    return cfg
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({}, ConfigError, "already holds a run"),
+    ({"output.resume": True, "train.lr": 0.5}, ConfigError, "train.lr: checkpoint 0.01, now 0.5"),
+    ({"output.resume": True, "federation.rounds": 0}, ConfigError, "federation.rounds must be > 0"),
+    ({"output.resume": True, "lora.r": 8}, ConfigError, "lora.r"),
+    ({"output.resume": True, "output.dir": "/nonexistent/fedtune-run"}, CheckpointError, "does not exist"),
+])
+def test_bad_restarts_are_refused_with_a_message_and_touch_nothing(finished_run, change, error, message):
+    out = Path(finished_run.output.dir)
+    before = snapshot(out)
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        cfg = RunConfig.from_flat({**finished_run.to_flat(), **change})
+        run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, Path(cfg.output.dir))
+    assert snapshot(out) == before and not Path("/nonexistent/fedtune-run").exists()
+
+
+def test_truncated_checkpoint_is_refused_and_nothing_is_written(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run.output.dir, out)
+    data = checkpoint_path(out).read_bytes()
+    checkpoint_path(out).write_bytes(data[: len(data) // 2])
+    before = snapshot(out)
+    cfg = RunConfig.from_flat({**finished_run.to_flat(), "output.dir": str(out), "output.resume": True,
+                               "federation.rounds": 2})
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out)
+    assert snapshot(out) == before
