@@ -5,7 +5,7 @@ fsync, rename) after every completed round.  It holds the global adapter, the st
 (the FedAvgM velocity), the last completed round, the metrics of every round so far, the run
 config it was made with and how the server's randomness continues.  It is a plain safetensors
 file (tensors ``adapter/<name>`` and ``strategy/<name>``; everything else JSON in the header's
-metadata) with a SHA-256 over the tensors, so a truncated or altered file is refused with a
+metadata) with a SHA-256 over all of it, so a truncated or altered file is refused with a
 message instead of silently restarting a run.
 
 Randomness: the server draws each round's nodes with ``numpy.random.default_rng([train.seed,
@@ -58,8 +58,9 @@ def checkpoint_path(out: str | Path) -> Path:
     return Path(out) / FILE_NAME
 
 
-def _digest(tensors: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
+def _digest(tensors: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> str:
+    """SHA-256 over every tensor and every other entry: any change to the file is noticed."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in state.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
@@ -76,8 +77,9 @@ def save_checkpoint(out: str | Path, ckpt: Checkpoint) -> Path:
     state = {
         "format": FORMAT, "round": ckpt.round, "adapter_names": list(ckpt.adapter),
         "strategy_names": list(ckpt.strategy), "records": ckpt.records, "config": ckpt.config, "run": ckpt.run,
-        "rng": RNG_SCHEME, "sha256": _digest(tensors),
+        "rng": RNG_SCHEME,
     }
+    state["sha256"] = _digest(tensors, state)
     path = checkpoint_path(out)
     atomic_write_bytes(path, save(tensors, metadata={"fedtune": json.dumps(state, sort_keys=True)}))
     return path
@@ -113,8 +115,8 @@ def load_checkpoint(out: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a fedtune checkpoint of format {FORMAT} (found {state.get('format')!r} "
                               "if it is one): it was written by another fedtune version")
     try:
-        if _digest(tensors) != state["sha256"]:
-            raise CheckpointError(f"{damaged} (SHA-256 of the tensors does not match)")
+        if _digest(tensors, state) != state["sha256"]:
+            raise CheckpointError(f"{damaged} (its SHA-256 does not match its content)")
         adapter = OrderedDict((n, tensors[f"adapter/{n}"]) for n in state["adapter_names"])
         strategy = OrderedDict((n, tensors[f"strategy/{n}"]) for n in state["strategy_names"])
         ckpt = Checkpoint(int(state["round"]), adapter, strategy, list(state["records"]), dict(state["config"]),

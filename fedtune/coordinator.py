@@ -82,7 +82,7 @@ class Coordinator:
             nid = str(reply.metadata.src_node_id)
             entry = nodes.setdefault(nid, {})
             if reply.has_error():
-                entry.update(status="error", error=f"{stage}: {error_text(reply)}")
+                _fail(entry, "error", f"{stage}: {error_text(reply)}")
                 if nid in self.names:
                     entry["name"] = self.names[nid]
                 log(WARNING, "[round %d] node %s failed %s: %s", rnd, self.names.get(nid, nid), stage, entry["error"])
@@ -92,7 +92,7 @@ class Coordinator:
             entry.update({k: v for k, v in reply.content["metrics"].items()})
             status = str(info["status"])
             if status != "ok":  # e.g. the node's privacy budget is spent: it declined, the round goes on
-                entry.update(status=status, error=f"{stage}: declined ({status})")
+                _fail(entry, status, f"{stage}: declined ({status})")
                 if status == BUDGET_EXHAUSTED:
                     self.exhausted.add(reply.metadata.src_node_id)
                 log(WARNING, "[round %d] %s declined %s: %s (epsilon %.3f of its budget %.3f)", rnd, entry["name"],
@@ -106,7 +106,7 @@ class Coordinator:
         for n in node_ids:
             if str(n) not in answered:
                 entry = nodes.setdefault(str(n), {})
-                entry.update(status="timeout", error=f"{stage}: no reply in {self.cfg.federation.round_timeout:g}s")
+                _fail(entry, "timeout", f"{stage}: no reply in {self.cfg.federation.round_timeout:g}s")
                 if str(n) in self.names:
                     entry["name"] = self.names[str(n)]
 
@@ -151,14 +151,14 @@ class Coordinator:
                 try:
                     adverts[reply.metadata.src_node_id] = Advert.from_record(reply.content["secagg"])
                 except (KeyError, TypeError, ValueError, SecAggError) as exc:
-                    e.update(status="rejected", error=f"train: bad key advertisement: {exc}")
+                    _fail(e, "rejected", f"train: bad key advertisement: {exc}")
                     return
             else:
                 d = from_record(reply.content["delta"])
                 try:
                     check_arrays(self.global_arrays, d)
                 except AdapterMismatch as exc:
-                    e.update(status="rejected", error=f"train: bad update: {exc}")
+                    _fail(e, "rejected", f"train: bad update: {exc}")
                     log(WARNING, "[round %d] rejected update from %s: %s", rnd, e["name"], exc)
                     return
                 updates.append((d, float(e["examples"])))
@@ -216,6 +216,13 @@ class Coordinator:
         log(INFO, "[round %d] secure sum of %d nodes in %.1fs (dropped: %s)", rnd, len(result.survivors),
             result.seconds, ", ".join(nodes.get(str(n), {}).get("name", str(n)) for n in result.dropped) or "none")
         return result
+
+
+def _fail(entry: dict, status: str, error: str) -> None:
+    """Record a node's failure; a later stage's failure (eval after train) adds to the first, never hides it."""
+    if entry.get("status") in (None, "ok"):
+        entry["status"] = status
+    entry["error"] = f"{entry['error']}; {error}" if entry.get("error") else error
 
 
 def _since(t0: float) -> float:

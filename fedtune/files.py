@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +38,15 @@ def atomic_write_bytes(path: str | Path, data: bytes, private: bool = False) -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temps(path)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of earlier writes to ``path`` that a crash left behind (one writer per file: ours is done)."""
+    stale = re.compile(rf"\.{re.escape(path.name)}-[a-z0-9_]{{8}}")
+    for p in path.parent.glob(f".{glob.escape(path.name)}-*"):
+        if stale.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str, private: bool = False) -> None:

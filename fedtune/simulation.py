@@ -156,6 +156,9 @@ def resume_config(out: str | Path, preset: str | Path | None, overrides: list[st
     preset), ``--set`` overrides, ``output.resume = true``."""
     out_dir = Path(out).expanduser().resolve()
     saved = out_dir / SAVED_PRESET
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} does not exist (or is not a folder): give the results folder of the run "
+                          "to resume, e.g. runs/20261122-101500")
     if preset is None and not saved.is_file():
         raise ConfigError(f"{out_dir} has no {SAVED_PRESET}, so it is not a folder written by `fedtune simulate`; "
                           f"give the preset it was started with: fedtune simulate PRESET --resume {out}")

@@ -57,6 +57,18 @@ def test_one_of_four_nodes_raising_every_round_the_run_completes_and_reports_it(
     assert load_checkpoint(out).round == 2 and (out / "adapter" / "adapter_config.json").is_file()
 
 
+def test_a_node_that_never_answers_is_reported_as_timed_out_and_the_round_goes_on(run_config, tmp_path):
+    out = tmp_path / "out"
+    grid, cfg = make_run(run_config, out, **{"federation.rounds": 1, "federation.round-timeout": 1.0})
+    grid.drop_at[grid.node_ids[2]] = "train"  # gone from its first training message on
+    run_federation(grid, cfg, out)
+    m1 = read_metrics(out / "metrics.jsonl")[1]
+    silent = m1["nodes"][str(grid.node_ids[2])]
+    assert silent["status"] == "timeout" and silent["error"] == "train: no reply in 1s; eval: no reply in 1s"
+    assert silent["name"] == "hospital-2"  # known from its round-0 evaluation
+    assert m1["aggregation"] == "fedavg" and m1["aggregated"] == 3
+
+
 def test_a_round_that_fails_is_retried_and_the_retry_is_recorded(run_config, tmp_path, monkeypatch):
     calls: dict = {}
 

@@ -150,7 +150,8 @@ def _chat(obj: Mapping[str, Any], spec: RecordSpec) -> tuple[tuple[dict, ...], s
     if not isinstance(msgs, list) or len(msgs) < 2:
         raise _Bad(f"'{spec.messages}' must be a list of at least 2 turns ending with the assistant's answer")
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in _ROLES \
+                or not isinstance(m.get("content"), str):
             raise _Bad(f"{spec.messages}[{i}] must be {{'role': system|user|assistant, 'content': text}}")
     if msgs[-1]["role"] != "assistant":
         raise _Bad(f"the last turn of '{spec.messages}' must be the assistant's answer (the training target)")
