@@ -194,3 +194,26 @@ def test_a_canary_in_a_node_s_data_reaches_nothing_on_the_coordinator(deployment
     db = deployment["coord"] / "state" / "superlink.db"
     assert db.is_file() and checked > 10
     assert needle not in deployment["submit"].stdout.encode()  # the streamed ServerApp log
+
+
+def test_the_deployed_run_resumes_through_its_run_config_and_the_nodes_ledgers_still_rule(deployment):
+    """The coordinator continues the finished 2-round run from its checkpoint with ``output.resume = true``
+    and one more round. The nodes' own ledgers already hold ε ≈ 8 = their budget (σ was calibrated for
+    2 rounds), so every node declines round 3 and the run ends cleanly: the resume changed the run,
+    never a node's privacy budget."""
+    results, base = deployment["results"], deployment["base"]
+    flat = {line.split(" = ", 1)[0]: json.loads(line.split(" = ", 1)[1])
+            for line in (base / "run-config.toml").read_text().splitlines() if line}
+    resumed = base / "resume.toml"
+    resumed.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {
+        **flat, "federation.rounds": 3, "output.resume": True}.items()) + "\n")
+    submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", resumed], env=deployment["env"],
+                            capture_output=True, text=True, timeout=900)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
+    run = json.loads((results / "run.json").read_text())
+    assert [r["after_round"] for r in run["resumed"]] == [2], submit.stdout[-3000:]
+    assert run["finished"]["stopped"]["kind"] == "budget" and run["finished"]["stopped"]["round"] == 3
+    assert [m["round"] for m in read_metrics(results / "metrics.jsonl")] == [0, 1, 2]
+    for node in deployment["nodes"][:NODES]:
+        (ledger,) = (node / "state").rglob("privacy-ledger-*.json")
+        assert [r["round"] for r in json.loads(ledger.read_text())["rounds"]] == [1, 2]
