@@ -91,3 +91,4 @@ def main(grid, context) -> None:
     DefaultWorkflow(fit_workflow=timed_fit)(grid, legacy)
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rounds))
     atomic_write_text(out / "report.md", "# Flower built-in SecAgg+ (comparison run)\n\nSee metrics.jsonl.\n")
+    atomic_write_text(out / "run.json", json.dumps({"config": cfg.to_flat(), "finished": {}}) + "\n")  # fedtune simulate: done

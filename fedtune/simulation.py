@@ -179,7 +179,7 @@ def _results_folder(cfg: RunConfig, out: str | Path | None) -> Path:
     """Where the run writes, checked before anything is created there (see server_app.check_start)."""
     out_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).expanduser().resolve()
     check_start(dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(out_dir))), out_dir)
-    if cfg.output.resume:
+    if out_dir.is_dir():
         try:
             with folder_lock(out_dir):
                 pass  # nobody is writing there (e.g. a SuperLink that outlived a killed `fedtune simulate`)

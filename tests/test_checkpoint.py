@@ -156,3 +156,14 @@ def test_a_ledger_state_dir_that_is_a_file_gets_a_message(tmp_path):
     with pytest.raises(LedgerError, match="cannot create the node state directory"):
         PrivacyLedger.open(blocker / "node", "ab" * 32, "rdp", 1e-5, 100)
     assert blocker.read_text() == "not a folder"
+
+
+def test_checkpoint_benchmark_runs_and_prints_its_ratios(tiny_model_dir):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "checkpoint_cost.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", str(tiny_model_dir), "--rounds", "2", "--nodes", "2",
+                           "--repeat", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = dict(kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())
+    assert set(last) == {"checkpoint_save_vs_train_step", "checkpoint_save_vs_peft_export",
+                         "checkpoint_bytes_vs_adapter_bytes"}
+    assert float(last["checkpoint_bytes_vs_adapter_bytes"]) > 2  # adapter + velocity + metrics
