@@ -32,6 +32,7 @@ from .secagg.params import clip_bound
 from .secagg.server import Advert, SecAggServer
 from .strategy import BadAggregate, FedAvg, weighted_sum
 
+
 def _weighted(nodes: dict, key: str, weight: str) -> float | None:
     pairs = [(n[key], n[weight]) for n in nodes.values() if key in n and n.get(weight)]
     total = sum(w for _, w in pairs)
