@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedtune.checkpoint import save_checkpoint
+from fedtune.checkpoint import checkpoint_path, save_checkpoint
 from fedtune.cli import main as cli_main
 
 from test_checkpoint import make_checkpoint
@@ -23,6 +23,10 @@ def workspace(tmp_path, tiny_model_dir):
     (tmp_path / "held").mkdir()
     save_checkpoint(tmp_path / "held", make_checkpoint(1))  # a results folder that already holds a run
     (tmp_path / "a-file").write_text("x")
+    save_checkpoint(tmp_path / "damaged", make_checkpoint(1))
+    data = checkpoint_path(tmp_path / "damaged").read_bytes()
+    checkpoint_path(tmp_path / "damaged").write_bytes(data[:-100])  # e.g. a copy that did not finish
+    (tmp_path / "preset.toml").write_text(f"[model]\nname = {json.dumps(str(tiny_model_dir))}\n")
     return tmp_path
 
 
@@ -39,6 +43,7 @@ CASES = [
     (["--set", MODEL, "--out", "{tmp}/a-file"], "is not a folder"),
     (["--resume", "{tmp}/nowhere"], "does not exist"),
     (["--resume", "{tmp}/held"], "has no preset.toml"),
+    (["{tmp}/preset.toml", "--resume", "{tmp}/damaged"], "damaged or truncated"),
     (["--resume", "{tmp}/held", "--out", "{tmp}/other"], "--resume continues the run in its own folder"),
     (["nonexistent-preset.toml"], "preset file not found"),
 ]
