@@ -20,10 +20,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
-from .adapters import get_adapter_arrays, set_adapter_arrays
+from .adapters import set_adapter_arrays
 from .config import RunConfig
 from .evaluation import combine_metrics, evaluate
-from .node import NodeData, cached_model, node_data
+from .node import NodeData, cached_model, initial_adapter, node_data
 from .privacy import DPPlan, DPStepper, epsilon, noise_for_target, poisson_sample_rate
 from .privacy.guard import resolve_delta
 from .training import train_local
@@ -73,7 +73,7 @@ class Baselines:
     def __init__(self, cfg: RunConfig, num_nodes: int, say: Callable[[str], None] = print):
         self.cfg, self.say = cfg, say
         self.model, _, self.encoder = cached_model(cfg.model, cfg.lora, cfg.train.seed)
-        self.initial = {k: v.copy() for k, v in get_adapter_arrays(self.model).items()}
+        self.initial = initial_adapter(cfg.model, cfg.lora, cfg.train.seed)
         self.nodes: list[NodeData] = [node_data(cfg, {"partition-id": i, "num-partitions": num_nodes})
                                       for i in range(num_nodes)]
         self.steps_per_node = cfg.federation.rounds * cfg.train.local_steps

@@ -74,12 +74,11 @@ def _aggregation(r: dict) -> str:
         return f"aborted: {str(r.get('secagg_error', ''))[:80]}"
     if how != "fedavg":
         return how
-    if not r.get("secure_aggregation"):
-        return f"in the clear, {r.get('aggregated', 0)} nodes" + (f" (after {len(r['retries'])} failed attempt(s))"
-                                                                 if r.get("retries") else "")
     dropped, retries = len(r.get("dropped_nodes", [])), len(r.get("retries", []))
     notes = [f"{dropped} dropped"] * bool(dropped) + [f"after {retries} failed attempt(s)"] * bool(retries)
-    return f"SecAgg+ of {r.get('aggregated', 0)}" + (f" ({', '.join(notes)})" if notes else "")
+    how = f"SecAgg+ of {r.get('aggregated', 0)}" if r.get("secure_aggregation") else \
+        f"in the clear, {r.get('aggregated', 0)} nodes"
+    return how + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _summary(first: Mapping[str, Any], last: Mapping[str, Any]) -> list[str]:

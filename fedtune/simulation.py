@@ -64,8 +64,12 @@ def _toml_value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, float) else repr(v)  # JSON str/bool/int are valid TOML
 
 
+def _toml_lines(flat: dict[str, Any]) -> str:
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(flat.items()))
+
+
 def write_run_config(flat: dict[str, Any], path: Path) -> None:
-    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(flat.items())), encoding="utf-8")
+    path.write_text(_toml_lines(flat), encoding="utf-8")
 
 
 def flower_env(home: Path) -> dict[str, str]:
@@ -170,9 +174,7 @@ def _save_preset(flat: dict[str, Any], info: Preset, path: Path) -> None:
     """The run's full configuration as a preset: what ``--resume`` reads back."""
     body = {k: v for k, v in flat.items() if not k.startswith("output.")}
     sim = {"nodes": info.num_nodes, **({"cpus-per-node": info.cpus_per_node} if info.cpus_per_node else {})}
-    text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(body.items()))
-    text += "\n[simulation]\n" + "".join(f"{k} = {v}\n" for k, v in sim.items())
-    atomic_write_text(path, text)
+    atomic_write_text(path, _toml_lines(body) + "\n[simulation]\n" + _toml_lines(sim))
 
 
 def _results_folder(cfg: RunConfig, out: str | Path | None) -> Path:

@@ -4,18 +4,14 @@ nothing is written - no results folder, no changed file (Flower is never started
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from fedtune.checkpoint import checkpoint_path, save_checkpoint
 from fedtune.cli import main as cli_main
 
+from snapshots import folder_state
 from test_checkpoint import make_checkpoint
-
-
-def tree(folder: Path) -> dict:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")} if folder.exists() else {}
 
 
 @pytest.fixture
@@ -52,9 +48,9 @@ CASES = [
 @pytest.mark.parametrize("args, message", CASES, ids=[c[1][:40] for c in CASES])
 def test_bad_input_is_explained_and_leaves_no_trace(workspace, tiny_model_dir, capsys, args, message):
     args = [a.format(tmp=workspace, tiny=json.dumps(str(tiny_model_dir))) for a in args]
-    before = tree(workspace)
+    before = folder_state(workspace)
     assert cli_main(["simulate", "--quiet", "--out", str(workspace / "new"), *args]
                     if "--out" not in args and "--resume" not in args else ["simulate", "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("fedtune: error: ")
-    assert tree(workspace) == before  # nothing created, nothing touched
+    assert folder_state(workspace) == before  # nothing created, nothing touched

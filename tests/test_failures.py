@@ -18,6 +18,7 @@ from fedtune.secagg.server import SecAggServer
 from fedtune.server_app import run_federation
 
 from loopback import LoopbackGrid
+from snapshots import folder_state
 
 
 def make_run(run_config, out: Path, nodes: int = 4, **overrides):
@@ -35,11 +36,6 @@ def raise_on(monkeypatch, should_fail):
         return real(cfg, node_config, run_id, rnd, global_arrays)
 
     monkeypatch.setattr(fedtune.client_app, "train_round", train_round)
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_one_of_four_nodes_raising_every_round_the_run_completes_and_reports_it(run_config, tmp_path, monkeypatch):
@@ -218,11 +214,11 @@ def finished_run(tmp_path_factory, tiny_model_dir):
 ])
 def test_bad_restarts_are_refused_with_a_message_and_touch_nothing(finished_run, change, error, message):
     out = Path(finished_run.output.dir)
-    before = snapshot(out)
+    before = folder_state(out)
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         cfg = RunConfig.from_flat({**finished_run.to_flat(), **change})
         run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, Path(cfg.output.dir))
-    assert snapshot(out) == before and not Path("/nonexistent/fedtune-run").exists()
+    assert folder_state(out) == before and not Path("/nonexistent/fedtune-run").exists()
 
 
 def test_truncated_checkpoint_is_refused_and_nothing_is_written(finished_run, tmp_path):
@@ -232,9 +228,9 @@ def test_truncated_checkpoint_is_refused_and_nothing_is_written(finished_run, tm
     shutil.copytree(finished_run.output.dir, out)
     data = checkpoint_path(out).read_bytes()
     checkpoint_path(out).write_bytes(data[: len(data) // 2])
-    before = snapshot(out)
+    before = folder_state(out)
     cfg = RunConfig.from_flat({**finished_run.to_flat(), "output.dir": str(out), "output.resume": True,
                                "federation.rounds": 2})
     with pytest.raises(CheckpointError, match="damaged or truncated"):
         run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out)
-    assert snapshot(out) == before
+    assert folder_state(out) == before
