@@ -37,13 +37,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
-    from fedtune.adapters import export_adapter, get_adapter_arrays
-    from fedtune.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
-    from fedtune.config import load_preset
-    from fedtune.data import PromptEncoder, generate_triage
-    from fedtune.model import add_lora, load_base_model, load_tokenizer
-    from fedtune.objective import per_sample_forward
-    from fedtune.training import PlainStepper
+    from fedtune.common.adapters import export_adapter, get_adapter_arrays
+    from fedtune.common.config import load_preset
+    from fedtune.common.data import PromptEncoder, generate_triage
+    from fedtune.common.model import add_lora, load_base_model, load_tokenizer
+    from fedtune.common.objective import per_sample_forward
+    from fedtune.coordinator.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+    from fedtune.node.training import PlainStepper
 
     cfg, _ = load_preset(args.preset, [f"model.name={args.model!r}".replace("'", '"')])
     tok = load_tokenizer(cfg.model.name)

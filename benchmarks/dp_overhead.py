@@ -32,12 +32,12 @@ CONFIGS = [
 def worker(mode: str, precision: str, args) -> dict:
     import torch
 
-    from fedtune.config import RunConfig, TrainConfig
-    from fedtune.data import PromptEncoder, generate_triage
-    from fedtune.model import add_lora, load_base_model, load_tokenizer
-    from fedtune.objective import per_sample_forward
-    from fedtune.privacy import DPPlan, DPStepper
-    from fedtune.training import PlainStepper
+    from fedtune.common.config import RunConfig, TrainConfig
+    from fedtune.common.data import PromptEncoder, generate_triage
+    from fedtune.common.model import add_lora, load_base_model, load_tokenizer
+    from fedtune.common.objective import per_sample_forward
+    from fedtune.node.privacy import DPPlan, DPStepper
+    from fedtune.node.training import PlainStepper
 
     cfg = RunConfig.from_flat({"model.name": args.model, "model.precision": precision})
     tok = load_tokenizer(cfg.model.name)

@@ -2,7 +2,7 @@
 
 Flower's SecAgg+ exists only for the legacy API (``LegacyContext`` + ``NumPyClient`` +
 ``secaggplus_mod``), so this is a separate Flower app.  Nodes run exactly fedtune's local round
-(``fedtune.local_round.train_round``: same data, model, DP-SGD and ledger) and hand the delta to
+(``fedtune.node.local_round.train_round``: same data, model, DP-SGD and ledger) and hand the delta to
 Flower's mod, which masks it.  The server times each fit round; every node appends the size of
 each reply it sends (after masking) and its training seconds to ``<output.dir>/flower-node-<node>.jsonl``.
 ``benchmarks/secagg_overhead.py`` runs this app; it is not part of fedtune.
@@ -24,18 +24,17 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 
-from fedtune.adapters import get_adapter_arrays
-from fedtune.config import RunConfig
-from fedtune.files import atomic_write_text
-from fedtune.local_round import train_round
-from fedtune.messages import reply_bytes
-from fedtune.node import cached_model
-from fedtune.secagg.params import degree, threshold
+from fedtune.common.config import RunConfig
+from fedtune.common.files import atomic_write_text
+from fedtune.common.model_cache import ModelCache, ModelSpec
+from fedtune.common.secagg.params import degree, threshold
+from fedtune.coordinator.grid import reply_bytes
+from fedtune.node.local_round import train_round
+from fedtune.node.process_cache import NODE_PROCESS
 
 
 def _adapter_names(cfg: RunConfig) -> list[str]:
-    model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
-    return list(get_adapter_arrays(model))
+    return list(NODE_PROCESS.models.initial_adapter(ModelSpec.of(cfg)))
 
 
 class LocalNode(NumPyClient):
@@ -73,11 +72,11 @@ server_app = ServerApp()
 def main(grid, context) -> None:
     cfg = RunConfig.from_flat(context.run_config)
     out = Path(cfg.output.dir)
-    model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
+    initial = ModelCache(capacity=1).initial_adapter(ModelSpec.of(cfg))
     n = cfg.federation.min_nodes
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
                       on_fit_config_fn=lambda rnd: {"round": rnd},
-                      initial_parameters=ndarrays_to_parameters(list(get_adapter_arrays(model).values())))
+                      initial_parameters=ndarrays_to_parameters(list(initial.values())))
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.federation.rounds), strategy=strategy)
     k = degree(n)  # same graph degree and threshold as fedtune's SecAgg+ (+1: Flower counts the node itself)
     secagg = SecAggPlusWorkflow(num_shares=k + 1, reconstruction_threshold=threshold(k, cfg.secagg.dropout) + 1)

@@ -31,8 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from fedtune.config import load_preset  # noqa: E402
-from fedtune.simulation import APP_DIR, read_metrics, run_simulation_config  # noqa: E402
+from fedtune.common.config import load_preset  # noqa: E402
+from fedtune.lab.simulation import APP_DIR, read_metrics, run_simulation_config  # noqa: E402
 
 
 def flower_app_dir(tmp: Path) -> Path:
@@ -41,8 +41,8 @@ def flower_app_dir(tmp: Path) -> Path:
     app = tmp / "flower-secaggplus-app"
     app.mkdir()
     text = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
-    text = text.replace('serverapp = "fedtune.server_app:app"', 'serverapp = "flower_secaggplus_app:server_app"')
-    text = text.replace('clientapp = "fedtune.client_app:app"', 'clientapp = "flower_secaggplus_app:client_app"')
+    text = text.replace('serverapp = "fedtune.coordinator.server_app:app"', 'serverapp = "flower_secaggplus_app:server_app"')
+    text = text.replace('clientapp = "fedtune.node.client_app:app"', 'clientapp = "flower_secaggplus_app:client_app"')
     (app / "pyproject.toml").write_text(text, encoding="utf-8")
     shutil.copy(HERE / "flower_secaggplus_app.py", app)
     return app
@@ -73,10 +73,9 @@ def flower_numbers(out: Path) -> tuple[list[float], float, list[float]]:
 
 
 def full_model_bytes(cfg) -> int:
-    from fedtune.node import cached_model
+    from fedtune.common.model import load_base_model
 
-    model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)
-    return int(sum(p.numel() for p in model.parameters() if not p.requires_grad) * 4)
+    return int(sum(p.numel() for p in load_base_model(cfg.model).parameters()) * 4)
 
 
 def main() -> None:

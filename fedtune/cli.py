@@ -8,23 +8,23 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from fedtune.common.config import ConfigError
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .config import load_preset
-    from .simulation import resume_config, run_simulation_config
+    from fedtune.common.config import load_preset
+    from fedtune.lab.simulation import resume_config, run_simulation_config
 
     if args.resume and (args.out or args.baselines):
         raise ConfigError("--resume continues the run in its own folder: drop --out / --baselines")
     cfg, info = resume_config(args.resume, args.preset, args.set) if args.resume else load_preset(args.preset, args.set)
     result = run_simulation_config(cfg, info, args.resume or args.out, args.quiet)
     if args.baselines:
-        from .baselines import comparison_table
-        from .compare import simulate_with_baselines
+        from fedtune.coordinator.report import comparison_table
+        from fedtune.lab.compare import simulate_with_baselines
 
         rows = simulate_with_baselines(cfg, info, result, args.quiet)
-        print("\n" + "\n".join(comparison_table(rows)))
+        print("\n" + "\n".join(comparison_table([r.to_dict() for r in rows])))
     first, last = result.metrics[0], result.metrics[-1]
     if result.stopped:
         print(f"\nfedtune: stopped early at round {result.stopped['round']}: {result.stopped['reason']}")
@@ -41,10 +41,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from peft import PeftModel
 
-    from .config import ModelConfig
-    from .data import PromptEncoder
-    from .evaluation import generate
-    from .model import load_base_model, load_tokenizer
+    from fedtune.common.config import ModelConfig
+    from fedtune.common.data import PromptEncoder
+    from fedtune.common.evaluation import generate
+    from fedtune.common.model import load_base_model, load_tokenizer
 
     adapter = Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
@@ -66,21 +66,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_privacy_show(args: argparse.Namespace) -> int:
-    from .privacy.ledger import show_ledgers
+    from fedtune.node.privacy.ledger import show_ledgers
 
     print(show_ledgers(Path(args.state)))
     return 0
 
 
 def _cmd_model_prepare(args: argparse.Namespace) -> int:
-    from .model import resolve_model_path
+    from fedtune.common.model import resolve_model_path
 
     print(resolve_model_path(args.name))
     return 0
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
-    from .deploy.certs import create_certificates
+    from fedtune.coordinator.certs import create_certificates
 
     paths = create_certificates(args.out, args.host, days=args.days, force=args.force)
     print(f"CA certificate  {paths.ca_cert}   (give it to every node operator: --root-certificates)\n"
@@ -91,7 +91,7 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 
 
 def _cmd_node_key(args: argparse.Namespace) -> int:
-    from .deploy.node_keys import create_node_key
+    from fedtune.node.node_key import create_node_key
 
     key = create_node_key(args.out, args.name, force=args.force)
     print(f"private key  {key.private}   (stays on this node: flower-supernode --auth-supernode-private-key)\n"
@@ -101,8 +101,8 @@ def _cmd_node_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synthetic(args: argparse.Namespace) -> int:
-    from .data import generate_triage
-    from .data.records import write_jsonl
+    from fedtune.common.data import generate_triage
+    from fedtune.common.data.records import write_jsonl
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -116,10 +116,10 @@ def _cmd_data_synthetic(args: argparse.Namespace) -> int:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .config import RunConfig, load_preset
-    from .data import PromptEncoder, RecordSpec
-    from .data.check import check_file
-    from .model import load_tokenizer
+    from fedtune.common.config import RunConfig, load_preset
+    from fedtune.common.data import PromptEncoder, RecordSpec
+    from fedtune.common.data.check import check_file
+    from fedtune.common.model import load_tokenizer
 
     cfg = load_preset(args.config)[0] if args.config else RunConfig()
     given = {"format": args.format, "text_column": args.text_column, "label_column": args.label_column,
@@ -213,18 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .deploy.certs import CertError
-    from .files import FolderBusy
-    from .model import ModelError
-    from .privacy.ledger import LedgerError
-    from .simulation import SimulationError
+    from fedtune.common.data import DataError
+    from fedtune.common.files import FolderBusy
+    from fedtune.common.model import ModelError
+    from fedtune.coordinator.certs import CertError
+    from fedtune.coordinator.checkpoint import CheckpointError
+    from fedtune.lab.simulation import SimulationError
+    from fedtune.node.node_key import NodeKeyError
+    from fedtune.node.privacy.ledger import LedgerError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, SimulationError, LedgerError, CertError, CheckpointError,
-            FolderBusy) as exc:
+    except (ConfigError, DataError, ModelError, SimulationError, LedgerError, CertError, NodeKeyError,
+            CheckpointError, FolderBusy) as exc:
         print(f"fedtune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ def smol_tokenizer():
     """The SmolLM2 tokenizer, read from the packaged GGUF (no model weights, no network)."""
     from transformers import AutoTokenizer
 
-    from fedtune.model import packaged_gguf
+    from fedtune.common.model import packaged_gguf
 
     gguf = packaged_gguf()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -45,7 +45,7 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
 @pytest.fixture
 def tiny_cfg(tiny_model_dir):
     """A RunConfig pointing at the tiny model, fp32 for exact comparisons."""
-    from fedtune.config import RunConfig
+    from fedtune.common.config import RunConfig
 
     return RunConfig.from_flat({
         "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,
@@ -56,8 +56,8 @@ def tiny_cfg(tiny_model_dir):
 @pytest.fixture
 def tiny_peft(tiny_cfg):
     """(peft model, tokenizer, encoder) for the tiny model; fresh per test."""
-    from fedtune.data import PromptEncoder
-    from fedtune.model import add_lora, load_base_model, load_tokenizer
+    from fedtune.common.data import PromptEncoder
+    from fedtune.common.model import add_lora, load_base_model, load_tokenizer
 
     tok = load_tokenizer(tiny_cfg.model.name)
     model = add_lora(load_base_model(tiny_cfg.model), tiny_cfg.lora, seed=0)
@@ -67,7 +67,7 @@ def tiny_peft(tiny_cfg):
 @pytest.fixture
 def run_config(tiny_model_dir, tmp_path):
     """Flat run config for in-process federations (tests/loopback.py): tiny model, DP with a fixed σ."""
-    from fedtune.config import RunConfig
+    from fedtune.common.config import RunConfig
 
     return RunConfig.from_flat({
         "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,

@@ -14,7 +14,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedtune.client_app import app as client_app
+from fedtune.node.client_app import app as client_app
 
 
 class LoopbackGrid:

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedtune.adapters import (
+from fedtune.common.adapters import (
     AdapterMismatch, apply_delta, delta, export_adapter, get_adapter_arrays, set_adapter_arrays,
 )
-from fedtune.data import generate_triage
+from fedtune.common.data import generate_triage
 
 
 def test_adapter_arrays_are_exactly_the_lora_parameters(tiny_peft, tiny_cfg):
@@ -58,7 +58,7 @@ def test_set_adapter_refuses_anything_but_the_adapter(tiny_peft):
 def test_exported_adapter_reloads_with_peft_and_gives_the_same_logits(tiny_peft, tiny_cfg, tmp_path):
     from peft import PeftModel
 
-    from fedtune.model import load_base_model
+    from fedtune.common.model import load_base_model
 
     model, _, enc = tiny_peft
     rng = np.random.default_rng(1)

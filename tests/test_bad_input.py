@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from fedtune.checkpoint import checkpoint_path, save_checkpoint
 from fedtune.cli import main as cli_main
+from fedtune.coordinator.checkpoint import checkpoint_path, save_checkpoint
 
 from snapshots import folder_state
 from test_checkpoint import make_checkpoint

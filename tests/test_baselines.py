@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedtune.cli import main
-from fedtune.report import read_metrics
+from fedtune.coordinator.report import read_metrics
 
 pytestmark = pytest.mark.simulation
 
@@ -29,8 +29,8 @@ def _sets(model_dir):
 
 
 def test_in_process_baselines_use_the_simulated_nodes_own_splits(bank_run, tiny_model_dir):
-    from fedtune.baselines import Baselines
-    from fedtune.config import load_preset
+    from fedtune.common.config import load_preset
+    from fedtune.lab.baselines import Baselines
 
     cfg, info = load_preset(PRESET, _sets(tiny_model_dir))
     nodes = Baselines(cfg, info.num_nodes).nodes

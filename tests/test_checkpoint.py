@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fedtune.checkpoint import Checkpoint, CheckpointError, check_resumable, checkpoint_path, load_checkpoint, save_checkpoint
-from fedtune.config import ConfigError, RunConfig
-from fedtune.privacy.ledger import LedgerError, PrivacyLedger
+from fedtune.common.config import ConfigError, RunConfig
+from fedtune.coordinator.checkpoint import Checkpoint, CheckpointError, check_resumable, checkpoint_path, load_checkpoint, save_checkpoint
+from fedtune.node.privacy.ledger import LedgerError, PrivacyLedger
 
 
 def make_checkpoint(rnd: int, value: float = 0.0) -> Checkpoint:
@@ -46,7 +46,7 @@ CRASHING_WRITER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
     from test_checkpoint import make_checkpoint, write_ledger_round
-    from fedtune.checkpoint import save_checkpoint
+    from fedtune.coordinator.checkpoint import save_checkpoint
     point, what, folder = sys.argv[1:4]
     die = lambda *a, **k: os._exit(9)  # the process dies here: no cleanup, no finally
     if point == "before-fsync":

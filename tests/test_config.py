@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fedtune.config import ConfigError, RunConfig, flatten, load_preset, parse_assignment
+from fedtune.common.config import ConfigError, RunConfig, flatten, load_preset, parse_assignment
 
 ROOT = Path(__file__).resolve().parent.parent
 

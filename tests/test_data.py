@@ -4,9 +4,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedtune.data import DEPARTMENTS, DataError, Example, generate_triage, load_jsonl, partition, train_eval_split, write_jsonl
-from fedtune.node import node_examples
-from fedtune.config import DataConfig
+from fedtune.common.config import DataConfig
+from fedtune.common.data import DEPARTMENTS, DataError, Example, generate_triage, load_jsonl, partition, train_eval_split, write_jsonl
+from fedtune.node.local_data import node_examples
 
 
 def test_synthetic_triage_is_deterministic_balanced_and_varied():
@@ -101,7 +101,7 @@ def test_jsonl_non_utf8_and_missing(tmp_path):
 
 
 def test_simulation_can_split_a_users_jsonl_and_a_node_can_read_its_own_file(tmp_path):
-    from fedtune.data import write_jsonl
+    from fedtune.common.data import write_jsonl
 
     path = tmp_path / "notes.jsonl"
     write_jsonl(generate_triage(60, seed=4), path)

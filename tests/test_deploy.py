@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 
 from fedtune.cli import main
-from fedtune.deploy.certs import CertError, create_certificates
+from fedtune.coordinator.certs import CertError, create_certificates
 
 
 def test_certs_make_a_ca_and_a_server_certificate_valid_for_every_host(tmp_path):

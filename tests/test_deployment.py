@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from fedtune.data import generate_triage
-from fedtune.data.records import write_jsonl
-from fedtune.simulation import read_metrics
+from fedtune.common.data import generate_triage
+from fedtune.common.data.records import write_jsonl
+from fedtune.lab.simulation import read_metrics
 
 pytestmark = pytest.mark.deployment
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedtune.client_app
-from fedtune.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
-from fedtune.config import ConfigError, RunConfig
-from fedtune.coordinator import Coordinator
-from fedtune.report import read_metrics
-from fedtune.secagg.server import SecAggServer
-from fedtune.server_app import run_federation
+from fedtune.common.config import ConfigError, RunConfig
+from fedtune.coordinator.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from fedtune.coordinator.report import read_metrics
+from fedtune.coordinator.rounds import Coordinator
+from fedtune.coordinator.secagg import SecAggServer
+from fedtune.coordinator.server_app import run_federation
+import fedtune.node.client_app
 
 from loopback import LoopbackGrid
 from snapshots import folder_state
@@ -28,14 +28,14 @@ def make_run(run_config, out: Path, nodes: int = 4, **overrides):
 
 def raise_on(monkeypatch, should_fail):
     """Make the real ClientApp's training raise on the nodes and rounds ``should_fail(partition, round)`` picks."""
-    real = fedtune.client_app.train_round
+    real = fedtune.node.client_app.train_round
 
     def train_round(cfg, node_config, run_id, rnd, global_arrays):
         if should_fail(int(node_config["partition-id"]), rnd):
             raise OSError("disk full on this node")
         return real(cfg, node_config, run_id, rnd, global_arrays)
 
-    monkeypatch.setattr(fedtune.client_app, "train_round", train_round)
+    monkeypatch.setattr(fedtune.node.client_app, "train_round", train_round)
 
 
 def test_one_of_four_nodes_raising_every_round_the_run_completes_and_reports_it(run_config, tmp_path, monkeypatch):
@@ -111,7 +111,7 @@ def test_aggregate_of_the_wrong_shape_is_rejected_in_the_clear(run_config, monke
     cfg = RunConfig.from_flat({**run_config, "secagg.enabled": False})
     coord = Coordinator(LoopbackGrid(3, cfg.to_flat()), cfg, run_id=7)
     before = {n: a.copy() for n, a in coord.global_arrays.items()}
-    import fedtune.coordinator as coordinator
+    import fedtune.coordinator.rounds as coordinator
 
     real = coordinator.weighted_sum
     monkeypatch.setattr(coordinator, "weighted_sum", lambda ups: ({n: a[:1] for n, a in real(ups)[0].items()}, 3.0))

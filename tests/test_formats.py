@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from fedtune.cli import main
-from fedtune.config import DataConfig
-from fedtune.data import DataError, PromptEncoder, RecordSpec, load_examples, partition, read_examples
-from fedtune.data.check import check_file
-from fedtune.node import node_examples
+from fedtune.common.config import DataConfig
+from fedtune.common.data import DataError, PromptEncoder, RecordSpec, load_examples, partition, read_examples
+from fedtune.common.data.check import check_file
+from fedtune.node.local_data import node_examples
 
 CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
                      {"role": "assistant", "content": "Paris"}]}

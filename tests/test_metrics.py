@@ -1,4 +1,4 @@
-"""fedtune.metrics against hand-computed values."""
+"""fedtune.common.metrics against hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fedtune.metrics import (
+from fedtune.common.metrics import (
     LabelCounts,
     exact_match,
     match_label,

@@ -3,9 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from fedtune.adapters import adapter_parameters
-from fedtune.data import Example
-from fedtune.objective import per_sample_forward
+from fedtune.common.adapters import adapter_parameters
+from fedtune.common.data import Example
+from fedtune.common.objective import per_sample_forward
 
 EXAMPLES = [
     Example(({"role": "user", "content": "short question"},), "a long answer with many target tokens in it"),

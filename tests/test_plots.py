@@ -7,7 +7,7 @@ import copy
 import matplotlib.image as mpimg
 import pytest
 
-from fedtune.plots import write_plots
+from fedtune.coordinator.plots import write_plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALL_RUN_PLOTS = {"accuracy.png", "loss.png", "epsilon.png", "node_accuracy.png"}

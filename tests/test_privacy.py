@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedtune.config import ConfigError, RunConfig, TrainConfig
-from fedtune.data import generate_triage
-from fedtune.objective import per_sample_forward
-from fedtune.privacy import DPPlan, DPStepper, LedgerError, PrivacyLedger, epsilon, plan_round, poisson_sample_rate
-from fedtune.privacy.accounting import accountant_for
-from fedtune.privacy.guard import node_budget
-from fedtune.training import train_local
+from fedtune.common.config import ConfigError, RunConfig, TrainConfig
+from fedtune.common.data import generate_triage
+from fedtune.common.objective import per_sample_forward
+from fedtune.node.privacy import DPPlan, DPStepper, LedgerError, PrivacyLedger, epsilon, plan_round, poisson_sample_rate
+from fedtune.node.privacy.accounting import accountant_for
+from fedtune.node.privacy.guard import node_budget
+from fedtune.node.training import train_local
 
 
 def test_accounting_reproduces_opacus_pinned_values():
@@ -70,11 +70,11 @@ def test_ledger_survives_a_crash_in_the_middle_of_a_write(tmp_path, monkeypatch,
             fh.write = lambda text: (real_write(text[: len(text) // 2]), boom())
             return fh
 
-        monkeypatch.setattr("fedtune.files.os.fdopen", half_writer)
+        monkeypatch.setattr("fedtune.common.files.os.fdopen", half_writer)
     elif crash_in == "fsync":
-        monkeypatch.setattr("fedtune.files.os.fsync", boom)
+        monkeypatch.setattr("fedtune.common.files.os.fsync", boom)
     else:
-        monkeypatch.setattr("fedtune.files.os.replace", boom)
+        monkeypatch.setattr("fedtune.common.files.os.replace", boom)
     with pytest.raises(Crash):
         ledger.record((1.0, 0.1, 3))
     monkeypatch.undo()
@@ -208,7 +208,7 @@ def test_budget_refusal_and_server_config_cannot_raise_a_node_budget(tmp_path):
 
 
 def test_simulated_node_state_is_absolute_and_per_run(tmp_path, monkeypatch):
-    from fedtune.privacy.guard import node_state_dir
+    from fedtune.node.privacy.guard import node_state_dir
 
     sim = {"partition-id": 1, "num-partitions": 2}
     out = RunConfig.from_flat({"output.dir": str(tmp_path / "run")})

@@ -1,4 +1,4 @@
-from fedtune.data import Example, PromptEncoder
+from fedtune.common.data import Example, PromptEncoder
 
 
 def test_target_is_completion_plus_end_of_turn_and_prompt_ends_with_assistant_header(smol_tokenizer):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from fedtune.config import ConfigError, DataConfig, RunConfig, load_preset, parse_assignment
-from fedtune.data import DataError, RecordSpec, load_examples, read_examples
-from fedtune.data.check import check_file
+from fedtune.common.config import ConfigError, DataConfig, RunConfig, load_preset, parse_assignment
+from fedtune.common.data import DataError, RecordSpec, load_examples, read_examples
+from fedtune.common.data.check import check_file
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = sorted(RunConfig().to_flat())

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedtune.checkpoint import CheckpointError, load_checkpoint
 from fedtune.cli import main as cli_main
-from fedtune.config import load_preset
-from fedtune.report import read_metrics
-from fedtune.server_app import run_federation
+from fedtune.common.config import load_preset
+from fedtune.coordinator.checkpoint import CheckpointError, load_checkpoint
+from fedtune.coordinator.report import read_metrics
+from fedtune.coordinator.server_app import run_federation
 
 from loopback import LoopbackGrid
 

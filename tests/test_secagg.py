@@ -5,9 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from fedtune.secagg.crypto import SecAggError, prg_mask, recover_secret, share_secret
-from fedtune.secagg.params import Encoding, clip_l2, degree, neighbours, threshold
-from fedtune.secagg.protocol import ClientSession, Setup, unmask_sum
+from fedtune.common.secagg.crypto import SecAggError, prg_mask, recover_secret, share_secret
+from fedtune.common.secagg.params import Encoding, clip_l2, degree, neighbours, threshold
+from fedtune.common.secagg.protocol import ClientSession, Setup, unmask_sum
 
 L = 2000
 

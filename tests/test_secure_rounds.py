@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedtune.adapters import adapter_parameters, flatten, get_adapter_arrays
-from fedtune.config import RunConfig
-from fedtune.node import cached_model
-from fedtune.secagg import client as secagg_client
-from fedtune.secagg.crypto import SecAggError
-from fedtune.coordinator import Coordinator
-from fedtune.strategy import FedAvg
+from fedtune.common.adapters import adapter_parameters, flatten, get_adapter_arrays
+from fedtune.common.config import RunConfig
+from fedtune.common.secagg.crypto import SecAggError
+from fedtune.coordinator.rounds import Coordinator
+from fedtune.coordinator.strategy import FedAvg
+from fedtune.node import secagg as secagg_client
+import fedtune.node.local_round
 
 from loopback import LoopbackGrid
 
@@ -37,20 +37,31 @@ class SpyStrategy(FedAvg):
         return super().step(global_arrays, delta_sum, total)
 
 
-def federation(run_config, tmp_path, **overrides):
+def federation(run_config, tmp_path, monkeypatch=None, **overrides):
+    """An in-process federation; with ``monkeypatch``, each node's true local adapter is captured
+    straight from its model the moment its training ends."""
     cfg = RunConfig.from_flat({**run_config, **overrides})
     grid = LoopbackGrid(NODES, cfg.to_flat())
     coord = Coordinator(grid, cfg, run_id=7)
     coord.strategy = SpyStrategy()
-    inputs, true_deltas = {}, {}
+    inputs, true_deltas, trained = {}, {}, []
+    if monkeypatch is not None:
+        real = fedtune.node.local_round.train_local
+
+        def train_local(model, *args, **kwargs):
+            result = real(model, *args, **kwargs)
+            trained.append(get_adapter_arrays(model))
+            return result
+
+        monkeypatch.setattr(fedtune.node.local_round, "train_local", train_local)
 
     def observe(mtype, nid, reply, context):
         """At the end of each node's training: what it keeps to mask, and its true local delta."""
         if mtype == "train" and not reply.has_error() and "secagg.input" in context.state:
             inputs[nid] = (context.state["secagg.input"]["delta"].numpy().copy(),
                            float(context.state["secagg.keys"]["weight"]), float(context.state["secagg.keys"]["clip"]))
-            model, _, _ = cached_model(cfg.model, cfg.lora, cfg.train.seed)  # holds this node's local adapter now
-            true_deltas[nid] = flatten(get_adapter_arrays(model)) - flatten(coord.global_arrays)
+            if trained:
+                true_deltas[nid] = flatten(trained[-1]) - flatten(coord.global_arrays)
 
     grid.observe = observe
     return grid, coord, inputs, true_deltas
@@ -65,8 +76,8 @@ def _expected_mean(inputs, ids):
     return sum(inputs[i][1] * inputs[i][0].astype(np.float64) for i in ids) / total, total
 
 
-def test_secure_round_gives_the_weighted_average_and_the_strategy_sees_only_the_sum(run_config, tmp_path):
-    grid, coord, inputs, true_deltas = federation(run_config, tmp_path)
+def test_secure_round_gives_the_weighted_average_and_the_strategy_sees_only_the_sum(run_config, tmp_path, monkeypatch):
+    grid, coord, inputs, true_deltas = federation(run_config, tmp_path, monkeypatch)
     nodes: dict = {}
     summary = coord.train(1, nodes)
     assert summary["secure_aggregation"] is True and summary["aggregation"] == "fedavg"
@@ -82,7 +93,7 @@ def test_secure_round_gives_the_weighted_average_and_the_strategy_sees_only_the_
         assert _relative_error(got, inputs[nid][0]) > 1e-2
 
     # what each node masked is exactly its own clipped LoRA delta (same layout as the adapter)
-    sizes = sum(p.numel() for p in adapter_parameters(coord.model).values())
+    sizes = sum(p.numel() for p in adapter_parameters(coord.global_model()[0]).values())
     for nid, (vector, _, clip) in inputs.items():
         assert vector.shape == (sizes,)
         norm = np.linalg.norm(true_deltas[nid])
@@ -178,7 +189,7 @@ def test_secure_aggregation_can_be_switched_off_for_comparison(run_config, tmp_p
 def test_node_refuses_to_mask_a_malformed_delta_and_keeps_no_state(tiny_peft):
     from flwr.app import RecordDict
 
-    from fedtune.adapters import AdapterMismatch
+    from fedtune.common.adapters import AdapterMismatch
 
     model = tiny_peft[0]
     g = get_adapter_arrays(model)
@@ -231,7 +242,7 @@ def test_a_deployed_node_refuses_to_send_its_delta_in_the_clear(run_config, tmp_
 
 def test_a_node_with_bad_records_refuses_its_file_with_the_data_check_lines_and_the_round_goes_on(
         run_config, tmp_path, caplog):
-    from fedtune.data import RecordSpec, read_examples
+    from fedtune.common.data import RecordSpec, read_examples
 
     bad = tmp_path / "records.jsonl"
     bad.write_bytes(b'{"prompt": "ok", "completion": "yes"}\n{oops\n{"prompt": "", "completion": "x"}\n'

@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from fedtune.cli import main as cli_main
-from fedtune.report import read_metrics
-from fedtune.simulation import simulate
+from fedtune.coordinator.report import read_metrics
+from fedtune.lab.simulation import simulate
 
 pytestmark = pytest.mark.simulation
 
@@ -57,7 +57,7 @@ def test_rounds_run_under_secure_aggregation_and_nodes_send_only_a_masked_lora_d
 def test_results_folder_report_and_adapter(tiny_run, tiny_cfg):
     from peft import PeftModel
 
-    from fedtune.model import load_base_model
+    from fedtune.common.model import load_base_model
 
     out = tiny_run.out
     report = (out / "report.md").read_text()
@@ -69,7 +69,7 @@ def test_results_folder_report_and_adapter(tiny_run, tiny_cfg):
 
 
 def test_dp_is_on_by_default_and_epsilon_matches_each_node_ledger(tiny_run):
-    from fedtune.privacy.accounting import epsilon
+    from fedtune.node.privacy.accounting import epsilon
 
     last = read_metrics(tiny_run.out / "metrics.jsonl")[-1]
     ledgers = {p.parent.name: json.loads(p.read_text()) for p in (tiny_run.out / "node-state").rglob("privacy-ledger-*.json")}

@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
-from fedtune.config import RunConfig
-from fedtune.data import Example, PromptEncoder, generate_triage
-from fedtune.evaluation import evaluate, generate
-from fedtune.model import add_lora, load_base_model, load_tokenizer, resolve_model_path
+from fedtune.common.config import RunConfig
+from fedtune.common.data import Example, PromptEncoder, generate_triage
+from fedtune.common.evaluation import evaluate, generate
+from fedtune.common.model import add_lora, load_base_model, load_tokenizer, resolve_model_path
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_batched_left_padded_evaluation_generates_what_one_prompt_alone_generate
     alone = [generate(model, enc, ({"role": "user", "content": q},), max_new_tokens=12) for q in questions]
     refs = [alone[0], alone[1] + " Indeed.", "Paris", alone[3].upper() + "!"]  # EM: yes, no, no, yes (normalised)
     data = enc.encode_all([Example(({"role": "user", "content": q},), r) for q, r in zip(questions, refs)])
-    import fedtune.evaluation as evaluation
+    import fedtune.common.evaluation as evaluation
 
     generated = []
     real = evaluation.generate_answers

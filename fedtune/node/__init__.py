@@ -1,0 +1,9 @@
+"""What runs at a hospital or bank, next to its private records, and decides what leaves it.
+
+The Flower ClientApp, the node's data, its local round (training, Opacus DP-SGD), its privacy
+ledger and budget, its half of SecAgg+ and its authentication key.
+
+Decides what protects the node's records: which records it reads, its privacy budget and
+ledger, whether it trains, what it sends (only a clipped LoRA delta, masked).
+Must never import: ``fedtune.coordinator`` or ``fedtune.lab`` (import contract, ``make test``).
+"""

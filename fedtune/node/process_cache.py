@@ -1,0 +1,44 @@
+"""What a node process keeps between Flower messages: its model and its encoded records.
+
+Flower calls the ClientApp's handlers as plain functions, so the reusable state of a node
+process lives in one object here, ``NODE_PROCESS``, used only by node code.  Every call hands
+back the model holding exactly the adapter the caller names (``common/model_cache.py``), so an
+adapter trained for one message (or one simulated node) never leaks into the next.  Encoded
+records are immutable; they are cached per (run config, node config).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping
+
+import numpy as np
+
+from fedtune.common.config import RunConfig
+from fedtune.common.model_cache import ModelCache, ModelSpec
+from fedtune.node.local_data import NodeData, load_node_data
+
+
+class NodeCache:
+    def __init__(self, models: ModelCache | None = None, max_datasets: int = 16):
+        self.models = models or ModelCache()
+        self._max = max_datasets
+        self._data: "OrderedDict[tuple, NodeData]" = OrderedDict()
+
+    def data(self, cfg: RunConfig, node_config: Mapping[str, object]) -> NodeData:
+        key = (cfg, tuple(sorted(node_config.items())))
+        if key not in self._data:
+            self._data[key] = load_node_data(cfg, node_config, self.models.encoder(ModelSpec.of(cfg)))
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+        self._data.move_to_end(key)
+        return self._data[key]
+
+    def prepare(self, cfg: RunConfig, node_config: Mapping[str, object], adapter: Mapping[str, np.ndarray]):
+        """(model holding ``adapter``, encoder, this node's data)."""
+        data = self.data(cfg, node_config)
+        model, encoder = self.models.holding(ModelSpec.of(cfg), adapter)
+        return model, encoder, data
+
+
+NODE_PROCESS = NodeCache()  # this process's node state; the coordinator and the lab keep their own
