@@ -18,13 +18,15 @@ from fedtune.node.client_app import app as client_app
 
 
 class LoopbackGrid:
-    def __init__(self, num_nodes: int, run_config: dict, run_id: int = 7):
+    def __init__(self, num_nodes: int, run_config: dict, run_id: int = 7, node_configs: list[dict] | None = None):
+        """Simulated nodes (partitions of the run's data), or deployed ones with ``node_configs``."""
         # what Flower sets in a ServerApp process; Message() reads it
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 1
         self.node_ids = [1000 + 17 * i for i in range(num_nodes)]
+        configs = node_configs or [{"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)]
         self.contexts = {
-            nid: Context(run_id=run_id, node_id=nid, node_config={"partition-id": i, "num-partitions": num_nodes},
-                         state=RecordDict(), run_config=dict(run_config))
+            nid: Context(run_id=run_id, node_id=nid, node_config=dict(configs[i]), state=RecordDict(),
+                         run_config=dict(run_config))
             for i, nid in enumerate(self.node_ids)
         }
         self.drop_at: dict[int, str] = {}  # node id -> message type from which on it never replies
@@ -33,6 +35,11 @@ class LoopbackGrid:
         self.sent: list[tuple[str, int, Message]] = []  # every reply: (message type, node id, reply)
         self._replies: dict[str, Message] = {}
         self._gone: set[int] = set()
+
+    def rewrite_run_config(self, changes: dict) -> None:
+        """Play a malicious coordinator: every node is handed this run config from now on."""
+        for ctx in self.contexts.values():
+            ctx.run_config = {**ctx.run_config, **changes}
 
     def get_node_ids(self):
         return list(self.node_ids)

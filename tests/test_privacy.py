@@ -12,7 +12,7 @@ from fedtune.common.data import generate_triage
 from fedtune.common.objective import per_sample_forward
 from fedtune.node.privacy import DPPlan, DPStepper, LedgerError, PrivacyLedger, epsilon, plan_round, poisson_sample_rate
 from fedtune.node.privacy.accounting import accountant_for
-from fedtune.node.privacy.guard import node_budget
+from fedtune.node.policy import NodePolicy, PolicyRefusal
 from fedtune.node.training import train_local
 
 
@@ -109,26 +109,74 @@ def test_batches_are_poisson_sampled(tiny_peft):
     assert counts.mean() / len(draws) == pytest.approx(q, rel=0.05)  # each record in ~q of the batches
 
 
-@pytest.mark.parametrize("mode, precision", [("hooks", "fp32"), ("hooks", "bf16"), ("ghost", "fp32")])
-def test_per_sample_gradient_norm_never_exceeds_max_grad_norm(tiny_peft, mode, precision):
-    """Real per-sample gradients of a tiny model, one sample per step, σ = 0: the clipped gradient
-    DP-SGD adds to the sum is the sample's own, and its norm must be ≤ C (and = C when clipping bites)."""
-    model, _, enc = tiny_peft
-    data = enc.encode_all(generate_triage(6, seed=0))
-    C = 0.01
-    stepper = DPStepper(model, len(data), TrainConfig(batch_size=1, lr=1e-9), DPPlan(0.0, 1 / len(data), 1, C), mode)
+def _reference_grads(model, enc, items, precision, scale):
+    """Each sample's own gradient of the adapter, by plain autograd (no Opacus anywhere)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = []
+    for item in items:
+        model.zero_grad(set_to_none=True)
+        (per_sample_forward(model, enc.collate([item]), precision).losses * scale).sum().backward()
+        out.append(torch.cat([p.grad.flatten() for p in params]).clone())
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _summed_update(stepper, run):
+    """What DP-SGD adds up before noise: the optimizer's gradient times the expected batch size."""
     captured = []
     stepper.optimizer.original_optimizer.step = lambda *a, **k: captured.append(
         torch.cat([p.grad.flatten() for p in stepper.params]) * stepper.optimizer.expected_batch_size)
-    model.train()
-    for item in data:
-        losses = per_sample_forward(model, enc.collate([item]), precision).losses * 100.0  # big grads: clip bites
-        stepper.step(losses)
+    run()
     stepper.close()
-    norms = torch.stack([g.norm() for g in captured])
-    assert len(norms) == len(data)
-    assert (norms <= C * (1 + 1e-5)).all(), norms
-    assert (norms >= C * (1 - 1e-2)).all(), norms
+    return captured
+
+
+@pytest.mark.parametrize("mode, precision", [("hooks", "fp32"), ("hooks", "bf16"), ("ghost", "fp32")])
+def test_each_sample_is_clipped_on_its_own_in_a_batch(tiny_peft, mode, precision):
+    """Batches of 4, σ = 0: the sum DP-SGD forms is Σ_i clip(g_i) of each sample's own gradient -
+    not clip(Σ_i g_i), the whole-batch clipping that would bound nothing per record."""
+    model, _, enc = tiny_peft
+    data = enc.encode_all(generate_triage(8, seed=0))
+    C, scale = 0.01, 100.0  # big gradients: clipping bites
+    model.train()
+    reference = _reference_grads(model, enc, data, "fp32", scale)
+    stepper = DPStepper(model, len(data), TrainConfig(batch_size=4, lr=1e-9), DPPlan(0.0, 0.5, 1, C), mode)
+    batches = [data[:4], data[4:]]
+    model.train()
+    sums = _summed_update(stepper, lambda: [
+        stepper.step(per_sample_forward(model, enc.collate(b), precision).losses * scale) for b in batches])
+    assert len(sums) == 2
+    for k, got in enumerate(sums):
+        grads = reference[4 * k: 4 * k + 4]
+        per_sample = sum(g * min(1.0, C / float(g.norm())) for g in grads)
+        whole_batch = sum(grads) * min(1.0, C / float(sum(grads).norm()))
+        assert float(got.norm()) <= 4 * C * (1 + 1e-4)
+        tol = 2e-2 if precision == "bf16" else 1e-3
+        assert float((got - per_sample).norm()) <= tol * float(per_sample.norm())
+        assert float((got - whole_batch).norm()) > 0.1 * float(whole_batch.norm())  # and it is not that
+
+
+def test_group_level_dp_clips_each_patients_records_as_one(tiny_peft):
+    """Five notes of one patient and one of another, σ = 0: the sum DP-SGD forms is
+    clip(mean of patient 0's gradients) + clip(patient 1's) - at most 2C, where record-level
+    clipping would let patient 0 alone move it by 5C."""
+    model, _, enc = tiny_peft
+    data = enc.encode_all(generate_triage(6, seed=1))
+    groups = np.array([0, 0, 0, 0, 0, 1])
+    C, scale = 0.01, 100.0
+    model.train()
+    reference = _reference_grads(model, enc, data, "fp32", scale)
+    stepper = DPStepper(model, 2, TrainConfig(batch_size=2, lr=1e-9), DPPlan(0.0, 1.0, 1, C), groups=groups,
+                        units_per_batch=2)
+    batch = next(stepper.batches())
+    assert sorted(batch.tolist()) == list(range(6))  # q = 1: both patients, with all their notes
+    model.train()
+    (got,) = _summed_update(stepper, lambda: stepper.step(
+        per_sample_forward(model, enc.collate([data[i] for i in batch]), "fp32").losses * scale))
+    patient0 = sum(reference[:5]) / 5
+    expected = patient0 * min(1.0, C / float(patient0.norm())) + reference[5] * min(1.0, C / float(reference[5].norm()))
+    assert float(got.norm()) <= 2 * C * (1 + 1e-4)
+    assert float((got - expected).norm()) <= 1e-3 * float(expected.norm())
 
 
 def test_ghost_clipping_with_bf16_is_refused():
@@ -165,58 +213,115 @@ def test_training_through_empty_poisson_batches(tiny_peft):
     assert result.steps == 30 and len(empty_steps) > 0  # noised steps with no records at all
 
 
-def test_empty_poisson_batch_still_adds_noise(tiny_peft):
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_an_empty_poisson_batch_gets_gaussian_noise_of_scale_sigma_times_c(tiny_peft, mode):
+    """No record sampled: the update is N(0, (σC)²) per coordinate, as DP-SGD's analysis assumes."""
     model, _, _ = tiny_peft
-    stepper = DPStepper(model, 10, TrainConfig(batch_size=2, lr=0.1), DPPlan(1.0, 0.2, 1, 1.0))
-    before = [p.detach().clone() for p in stepper.params]
-    stepper.step_empty()
-    stepper.close()
-    assert any(not torch.equal(a, p) for a, p in zip(before, stepper.params))
+    sigma, C = 1.5, 0.2
+    stepper = DPStepper(model, 10, TrainConfig(batch_size=2, lr=0.1), DPPlan(sigma, 0.2, 1, C), mode)
+    draws = _summed_update(stepper, lambda: [stepper.step_empty() for _ in range(4)])
+    assert len(draws) == 4
+    n = torch.cat(draws)
+    assert n.numel() > 3000
+    assert float(n.mean()) == pytest.approx(0.0, abs=4 * sigma * C / n.numel() ** 0.5)
+    assert float(n.std()) == pytest.approx(sigma * C, rel=0.08)  # ± 6 standard errors
+
+
+def test_the_ledger_matches_an_independent_accountant_fed_the_steps_actually_taken(tmp_path, run_config, monkeypatch):
+    """A deployed node's round, end to end; Opacus's own engine counts the optimizer steps it really
+    took, and Google's dp-accounting (not Opacus) turns them into ε."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+    from opacus.accountants.rdp import RDPAccountant
+
+    import fedtune.node.local_round
+    from fedtune.common.data import write_jsonl
+    from fedtune.node.local_round import train_round
+    from fedtune.node.privacy import DPStepper as RealStepper
+    from fedtune.node.process_cache import NodeCache
+
+    engines = []
+
+    class Spy(RealStepper):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            engines.append(self.engine)
+
+    monkeypatch.setattr(fedtune.node.local_round, "DPStepper", Spy)
+    write_jsonl(generate_triage(150, seed=3), tmp_path / "records.jsonl")
+    node = {"data-path": str(tmp_path / "records.jsonl"), "state-dir": str(tmp_path / "state"), "max-epsilon": 50.0}
+    cfg = RunConfig.from_flat({**run_config, "train.local-steps": 5})
+    arrays = NodeCache().models.initial_adapter(__import__("fedtune.common.model_cache", fromlist=["x"]).ModelSpec.of(cfg))
+    taken = []
+    for rnd in (1, 2, 3):
+        local = train_round(cfg, node, 7, rnd, arrays, NodeCache())
+        taken += engines[-1].accountant.history  # (σ, q, steps) as Opacus's optimizer hook counted them
+    assert sum(s for *_, s in taken) == 15
+    independent = RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+    for sigma, q, steps in taken:
+        independent.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    (ledger_path,) = (tmp_path / "state").glob("privacy-ledger-*.json")
+    ledger = PrivacyLedger.load(ledger_path)
+    assert local.metrics["epsilon"] == pytest.approx(ledger.epsilon())
+    assert ledger.epsilon() == pytest.approx(independent.get_epsilon(ledger.delta), rel=1e-3)
 
 
 def _cfg(**flat):
     return RunConfig.from_flat({"output.dir": "/tmp/unused", **flat})
 
 
-def test_delta_defaults_below_one_over_n_and_larger_is_refused(tmp_path):
+def _plan(cfg, node, n=400, rnd=1):
+    """Plan round ``rnd`` for a node of ``n`` records from a fresh ledger, as the node would."""
+    policy = NodePolicy.of(node, cfg)
+    ledger = PrivacyLedger.open(policy.state_dir_for(cfg, "n", 0), "src", policy.accountant,
+                                policy.delta_for(cfg.privacy.delta, n), n)
+    return plan_round(cfg, policy, ledger, n, n, rnd)
+
+
+def test_delta_defaults_below_one_over_n_and_larger_is_refused_or_capped(tmp_path):
     node = {"data-path": "x.jsonl", "state-dir": str(tmp_path), "max-epsilon": 8.0}
-    rp = plan_round(_cfg(), node, "n", "e" * 64, 400)
+    rp = _plan(_cfg(), node)
     assert rp.ledger.delta == pytest.approx(0.1 / 400) and rp.ledger.delta < 1 / 400
-    with pytest.raises(ConfigError, match="not below 1/N"):
-        plan_round(_cfg(**{"privacy.delta": 1 / 400}), node, "n", "e" * 64, 400)
+    assert _plan(_cfg(**{"privacy.delta": 1 / 400}), node).delta == pytest.approx(0.1 / 400)  # capped by the node
+    simulated = {"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path / "sim")}
+    with pytest.raises(PolicyRefusal, match="not below 1/N"):  # a simulated node takes the run's δ, or refuses it
+        _plan(_cfg(**{"privacy.delta": 1 / 400}), simulated)
 
 
 def test_target_epsilon_sets_sigma_for_the_planned_rounds(tmp_path):
     node = {"data-path": "x.jsonl", "state-dir": str(tmp_path), "max-epsilon": 100.0}
     cfg = _cfg(**{"privacy.target-epsilon": 4.0, "federation.rounds": 5, "train.local-steps": 4})
-    rp = plan_round(cfg, node, "n", "e" * 64, 400)
+    rp = _plan(cfg, node)
     planned = [rp.plan.segment] * 5
     assert epsilon(planned, rp.ledger.delta) == pytest.approx(4.0, rel=0.02)
-    fixed = plan_round(_cfg(**{"privacy.noise-multiplier": 2.5}), node, "n", "e" * 64, 400)
+    fixed = _plan(_cfg(**{"privacy.noise-multiplier": 2.5}), node)
     assert fixed.plan.noise_multiplier == 2.5
 
 
 def test_budget_refusal_and_server_config_cannot_raise_a_node_budget(tmp_path):
     deployed = {"data-path": "x.jsonl", "state-dir": str(tmp_path), "max-epsilon": 1.0}
-    greedy_server = _cfg(**{"privacy.simulated-max-epsilon": 1000.0, "privacy.target-epsilon": 50.0})
-    assert node_budget(greedy_server, deployed) == 1.0
-    assert node_budget(greedy_server, {"data-path": "x.jsonl", "state-dir": "s"}) == 8.0  # node default, not the server's
-    rp = plan_round(greedy_server, deployed, "n", "e" * 64, 400)
+    greedy_server = _cfg(**{"privacy.simulated-max-epsilon": 1000.0, "privacy.target-epsilon": 50.0,
+                            "privacy.noise-multiplier": 0.5})
+    assert NodePolicy.of(deployed, greedy_server).max_epsilon == 1.0
+    assert NodePolicy.of({"data-path": "x.jsonl", "state-dir": "s"}, greedy_server).max_epsilon == 8.0  # not the server's
+    rp = _plan(greedy_server, deployed)
     assert rp.epsilon_after > 1.0 and not rp.allowed
     simulated = {"partition-id": 0, "num-partitions": 2}
-    assert node_budget(greedy_server, simulated) == 1000.0  # simulated nodes have no operator of their own
+    assert NodePolicy.of(simulated, greedy_server).max_epsilon == 1000.0  # simulated nodes have no operator of their own
 
 
 def test_simulated_node_state_is_absolute_and_per_run(tmp_path, monkeypatch):
-    from fedtune.node.privacy.guard import node_state_dir
-
     sim = {"partition-id": 1, "num-partitions": 2}
+
+    def state_dir(cfg, node, name, run_id=0):
+        return NodePolicy.of(node, cfg).state_dir_for(cfg, name, run_id)
+
     out = RunConfig.from_flat({"output.dir": str(tmp_path / "run")})
-    assert node_state_dir(out, sim, "hospital-1") == tmp_path / "run" / "node-state" / "hospital-1"
+    assert state_dir(out, sim, "hospital-1") == tmp_path / "run" / "node-state" / "hospital-1"
     monkeypatch.setenv("FEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
     bare = RunConfig()  # `flwr run .` without output.dir: keyed by run id, never cwd-relative
-    a, b = node_state_dir(bare, sim, "hospital-1", run_id=7), node_state_dir(bare, sim, "hospital-1", run_id=8)
+    a, b = state_dir(bare, sim, "hospital-1", run_id=7), state_dir(bare, sim, "hospital-1", run_id=8)
     assert a.is_absolute() and a != b and a.parent.name == "run-7"
     with pytest.raises(ConfigError, match="no 'state-dir'"):
-        node_state_dir(bare, {"data-path": "x.jsonl"}, "bank")
-    assert node_state_dir(bare, {"data-path": "x.jsonl", "state-dir": str(tmp_path)}, "bank") == tmp_path
+        state_dir(bare, {"data-path": "x.jsonl"}, "bank")
+    assert state_dir(bare, {"data-path": "x.jsonl", "state-dir": str(tmp_path)}, "bank") == tmp_path

@@ -101,18 +101,44 @@ def test_secure_round_gives_the_weighted_average_and_the_strategy_sees_only_the_
         assert np.allclose(vector, expected, rtol=1e-5, atol=1e-8)
 
 
+# Every record a node's reply may hold, per message type, and every key in it.
+TRAIN_METRICS = {"examples", "num_records", "delta", "max_epsilon", "sample_rate", "noise_multiplier", "epsilon",
+                 "steps", "samples", "train_seconds", "delta_clipped"}
+REPLY_RECORDS = {
+    "train": {"metrics": TRAIN_METRICS, "info": {"name", "status"}, "secagg": {"c_public", "s_public", "weight"}},
+    "train.secagg_share": {"secagg": {"to", "ciphertexts"}},
+    "train.secagg_mask": {"masked": {"masked"}},
+    "train.secagg_unmask": {"secagg": {"about", "kinds", "shares"}},
+}
+
+
 def test_nothing_but_keys_ciphertexts_and_one_masked_vector_leaves_a_node(run_config, tmp_path):
+    """Every record of every reply of the training phase - arrays, configs and metrics - is one of
+    the SecAgg+ messages or a count/privacy figure; the only array is the masked uint32 vector."""
     grid, coord, _, _ = federation(run_config, tmp_path)
     coord.train(1, {})
     size = sum(a.size for a in coord.global_arrays.values())
+    seen = set()
     for mtype, nid, reply in grid.sent:
-        arrays = [(rname, name, arr.numpy()) for rname, rec in reply.content.array_records.items()
-                  for name, arr in rec.items()]
+        assert not reply.has_error(), reply.error.reason
+        seen.add(mtype)
+        expected = REPLY_RECORDS[mtype]
+        assert set(reply.content.keys()) == set(expected), f"{mtype} reply of node {nid}"
+        for rname, record in reply.content.items():
+            assert set(record.keys()) <= expected[rname], f"{mtype}/{rname} of node {nid}: {set(record.keys())}"
+        for rname, record in reply.content.config_records.items():  # public keys, ciphertexts, shares
+            for key, value in record.items():
+                values = value if isinstance(value, list) else [value]
+                assert all(isinstance(v, (bytes, int, float, str)) for v in values), (mtype, key)
+        for record in reply.content.metric_records.values():  # figures only: no arrays smuggled as lists
+            assert all(isinstance(v, (int, float)) for v in record.values())
+        arrays = [arr.numpy() for rec in reply.content.array_records.values() for arr in rec.values()]
         if mtype == "train.secagg_mask":
-            (rname, name, arr), = arrays
+            (arr,) = arrays
             assert arr.dtype == np.uint32 and arr.shape == (size + 1,)
-        else:  # train reply: two public keys + metrics; share/unmask: ciphertexts and shares
+        else:
             assert arrays == [], f"{mtype} reply of node {nid} carries arrays"
+    assert seen == set(REPLY_RECORDS)
     # and the masked vector is not the plaintext: its words look uniform
     masked = next(r.content["masked"]["masked"].numpy() for t, _, r in grid.sent if t == "train.secagg_mask")
     bits = np.unpackbits(masked.view(np.uint8))
@@ -236,7 +262,7 @@ def test_a_deployed_node_refuses_to_send_its_delta_in_the_clear(run_config, tmp_
     grid.contexts[deployed].node_config = {"data-path": str(tmp_path / "d.jsonl"), "state-dir": str(tmp_path / "s")}
     nodes: dict = {}
     coord.train(1, nodes)
-    assert nodes[str(deployed)]["status"] == "error" and "secure aggregation" in nodes[str(deployed)]["error"]
+    assert nodes[str(deployed)]["status"] == "refused" and "secure aggregation" in nodes[str(deployed)]["error"]
     assert not any(nid == deployed and "delta" in r.content for _, nid, r in grid.sent if not r.has_error())
 
 

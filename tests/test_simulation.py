@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,8 @@ def test_rounds_are_recorded_from_round_zero(tiny_run):
     for m in metrics[1:]:
         assert m["aggregated"] == 3
         for node in m["nodes"].values():
-            assert {"train_loss", "examples", "bytes_sent", "eval_accuracy", "name"} <= set(node)
+            assert {"examples", "bytes_sent", "eval_accuracy", "name", "epsilon"} <= set(node)
+            assert "train_loss" not in node  # a DP node never sends the loss of a private batch
             assert node["name"].startswith("hospital-")
     # Training moved the held-out loss (the tiny model starts far from the targets).
     assert metrics[-1]["eval_loss"] < metrics[0]["eval_loss"]
@@ -113,9 +115,26 @@ def test_superlink_is_stopped_after_the_run(tiny_run):
     assert out.stdout.strip() == ""
 
 
-def test_generate_cli_uses_the_adapter(tiny_run, capsys):
-    assert cli_main(["generate", "--adapter", str(tiny_run.out / "adapter"), "--max-new-tokens", "3", "hello"]) == 0
-    assert capsys.readouterr().out.strip() != ""
+def test_generate_cli_answers_with_the_adapter_not_the_base_model(tiny_run, capsys, tmp_path):
+    """The same exported adapter folder with LoRA B zeroed (= the base model) and with B set large:
+    the CLI's answers differ, so it really applies the adapter's weights."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    def variant(name: str, value: float) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(tiny_run.out / "adapter", folder)
+        weights = load_file(folder / "adapter_model.safetensors")
+        save_file({k: (v * 0 + value if "lora_B" in k else v) for k, v in weights.items()},
+                  folder / "adapter_model.safetensors")
+        return folder
+
+    answers = {}
+    for name, value in (("base", 0.0), ("strong", 0.5)):
+        assert cli_main(["generate", "--adapter", str(variant(name, value)), "--max-new-tokens", "8", "hello"]) == 0
+        answers[name] = capsys.readouterr().out.strip()
+    assert answers["base"] and answers["strong"] and answers["base"] != answers["strong"]
 
 
 def test_bad_preset_fails_before_starting_flower(tmp_path, capsys):

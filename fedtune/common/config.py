@@ -162,11 +162,15 @@ class FederationConfig:
 class PrivacyConfig:
     enabled: bool = _opt(True, "record-level DP-SGD (Opacus) on every node; false only for comparison")
     target_epsilon: float = _opt(
-        8.0, "ε each node spends over the planned rounds (Opacus derives σ); used when noise-multiplier = 0", _non_negative
+        8.0, "ε each node's ledger may reach by the run's last planned round, capped by the node's own max-epsilon; "
+        "σ is paced from what is left over the rounds still planned (used when noise-multiplier = 0)", _non_negative
     )
     noise_multiplier: float = _opt(0.0, "σ of DP-SGD; 0 = derive it from target-epsilon", _non_negative)
     max_grad_norm: float = _opt(1.0, "per-sample gradient clipping bound C", _positive)
-    delta: float = _opt(0.0, "δ; 0 = 0.1 / (node's training records). Must be < 1 / records", _non_negative)
+    delta: float = _opt(0.0, "δ a run asks for; 0 = the node's own (max-delta, or 0.1 / its training records). "
+                        "A node never uses a larger δ than its own", _non_negative)
+    unit: str = _opt("record", "what ε protects: one record, or one group of records (data.group-column: a patient, "
+                     "a customer) - DP-SGD then samples and clips per group", _one_of("record", "group"))
     accountant: str = _opt("rdp", "privacy accountant", _one_of("rdp", "prv"))
     clipping: str = _opt("hooks", "Opacus per-sample gradient mode: hooks (fastest for LoRA) or ghost", _one_of("hooks", "ghost"))
     simulated_max_epsilon: float = _opt(
@@ -267,6 +271,12 @@ class RunConfig:
         p = self.privacy
         if p.enabled and p.noise_multiplier == 0 and p.target_epsilon == 0:
             raise ConfigError("privacy: set privacy.target-epsilon > 0 or privacy.noise-multiplier > 0 (or privacy.enabled=false)")
+        if p.enabled and p.unit == "group" and not self.data.group_column:
+            raise ConfigError("privacy.unit = 'group' needs data.group-column: the column naming each record's "
+                              "patient or customer")
+        if p.enabled and p.unit == "group" and p.clipping == "ghost":
+            raise ConfigError("privacy.unit = 'group' clips per group from per-record gradients: use "
+                              "privacy.clipping=hooks")
         if p.enabled and p.clipping == "ghost" and self.model.precision != "fp32":
             raise ConfigError(
                 "privacy.clipping=ghost computes per-sample gradient norms in the compute precision, and bf16 norms "

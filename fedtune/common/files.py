@@ -1,7 +1,8 @@
 """Crash-safe writes: a reader (or a restart) sees the old file or the new one, never half of one.
 
-Used for reports, exported adapters, privacy ledgers and the coordinator's checkpoint.
-``folder_lock`` keeps two runs from writing into one results folder at the same time.
+Used for reports, exported adapters, privacy ledgers and the coordinator's checkpoint: the data
+and the rename are both fsynced.  ``folder_lock`` keeps two runs from writing into one results
+folder at the same time; ``exclusive_lock`` serialises a node's budget check and ledger write.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -38,7 +40,17 @@ def atomic_write_bytes(path: str | Path, data: bytes, private: bool = False) -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)  # the rename itself must survive a power cut, not only the bytes
     _remove_stale_temps(path)
+
+
+def fsync_directory(folder: str | Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (POSIX: fsync the directory itself)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -72,6 +84,32 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LockTimeout(RuntimeError):
+    """Another process held a lock for longer than we were willing to wait."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, timeout: float, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed), waiting up to ``timeout`` seconds
+    for another holder; the OS releases it if the holder dies, so a crash never leaves it stuck."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with path.open("a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeout(f"{what}: {path} stayed locked by another process for {timeout:g}s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class FolderBusy(RuntimeError):

@@ -8,12 +8,10 @@ coordinator can read.  Driving the Grid (send, collect, wait) is the coordinator
 from __future__ import annotations
 
 from collections import OrderedDict
-from logging import ERROR
 from typing import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message
-from flwr.common.logger import log
 
 # Error codes our ClientApp uses in error replies (Flower reserves small codes for its own).
 NODE_ERROR = 100
@@ -21,6 +19,7 @@ NODE_ERROR = 100
 # The status in a node's reply (``info.status``): it trained / evaluated, or it declined.
 OK = "ok"
 BUDGET_EXHAUSTED = "budget-exhausted"  # the node's own privacy budget does not allow this round
+REFUSED = "refused"  # the node's policy does not allow what the run asks (e.g. DP off); info.reason says why
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -31,11 +30,10 @@ def from_record(record: ArrayRecord) -> "OrderedDict[str, np.ndarray]":
     return OrderedDict((n, a.numpy()) for n, a in record.items())
 
 
-def error_reply(msg: Message, exc: BaseException) -> Message:
-    """Reply with a readable error instead of crashing: the federation carries on without us.
-    The same message goes to this node's own log, for its operator."""
-    log(ERROR, "fedtune node: %s failed: %s: %s", msg.metadata.message_type, type(exc).__name__, exc)
-    return Message(error=Error(code=NODE_ERROR, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+def error_reply(msg: Message, reason: str) -> Message:
+    """A readable error instead of a crash: the federation carries on without this node.  What
+    ``reason`` may say is the node's decision (``node/replies.py``)."""
+    return Message(error=Error(code=NODE_ERROR, reason=reason), reply_to=msg)
 
 
 def error_text(reply: Message) -> str:

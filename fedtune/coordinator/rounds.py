@@ -24,7 +24,7 @@ from fedtune.common.config import RunConfig
 from fedtune.common.data import DEPARTMENTS, SYNTHETIC_TRIAGE, RecordSpec, load_data_file
 from fedtune.common.data.synthetic import INSTRUCTION as TRIAGE_INSTRUCTION
 from fedtune.common.evaluation import combine_metrics, evaluate
-from fedtune.common.messages import BUDGET_EXHAUSTED, error_text, from_record, to_record
+from fedtune.common.messages import BUDGET_EXHAUSTED, OK, error_text, from_record, to_record
 from fedtune.common.model_cache import ModelCache, ModelSpec
 from fedtune.common.secagg.crypto import SecAggError
 from fedtune.common.secagg.params import clip_bound
@@ -97,12 +97,13 @@ class Coordinator:
             entry["name"] = self.names[nid] = str(info["name"])
             entry.update({k: v for k, v in reply.content["metrics"].items()})
             status = str(info["status"])
-            if status != "ok":  # e.g. the node's privacy budget is spent: it declined, the round goes on
-                _fail(entry, status, f"{stage}: declined ({status})")
+            if status != OK:  # its privacy budget is spent, or its policy refuses the run: the round goes on
+                why = f"{status}: {info['reason']}" if "reason" in info else status
+                _fail(entry, status, f"{stage}: declined ({why})")
                 if status == BUDGET_EXHAUSTED:
                     self.exhausted.add(reply.metadata.src_node_id)
                 log(WARNING, "[round %d] %s declined %s: %s (epsilon %.3f of its budget %.3f)", rnd, entry["name"],
-                    stage, status, entry.get("epsilon", float("nan")), entry.get("max_epsilon", float("nan")))
+                    stage, why, entry.get("epsilon", float("nan")), entry.get("max_epsilon", float("nan")))
                 return
             entry.setdefault("status", "ok")
             on_ok(reply, entry)
@@ -169,8 +170,9 @@ class Coordinator:
                     return
                 updates.append((d, float(e["examples"])))
             privacy = f", epsilon {e['epsilon']:.3f} (delta {e['delta']:.1e})" if "epsilon" in e else ""
-            log(INFO, "[round %d] %s trained: loss %.3f, %d steps, %.1fs%s", rnd, e["name"],
-                e["train_loss"], e["steps"], e["train_seconds"], privacy)
+            loss = f"loss {e['train_loss']:.3f}, " if "train_loss" in e else ""  # never sent under DP
+            log(INFO, "[round %d] %s trained: %s%d steps, %.1fs%s", rnd, e["name"], loss, e["steps"],
+                e["train_seconds"], privacy)
 
         log(INFO, "[round %d/%d] training on %d of %d nodes%s", rnd, fed.rounds, len(sampled), len(eligible),
             f" (retry {attempt})" if attempt else "")

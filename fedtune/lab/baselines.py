@@ -20,12 +20,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
-from fedtune.common.config import RunConfig
+from fedtune.common.config import ConfigError, RunConfig
 from fedtune.common.evaluation import combine_metrics, evaluate
 from fedtune.common.model_cache import ModelCache, ModelSpec
 from fedtune.node.local_data import NodeData, load_node_data
-from fedtune.node.privacy import DPPlan, DPStepper, epsilon, noise_for_target, poisson_sample_rate
-from fedtune.node.privacy.guard import resolve_delta
+from fedtune.node.privacy import DPPlan, DPStepper, default_delta, epsilon, noise_for_target, poisson_sample_rate
 from fedtune.node.training import train_local
 
 METRICS = ("accuracy", "macro_f1", "rouge_l", "loss", "perplexity")
@@ -91,7 +90,9 @@ class Baselines:
         train_cfg = replace(c.train, local_steps=steps)
         stepper, eps = None, None
         if dp:
-            q, delta = poisson_sample_rate(len(data), c.train.batch_size), resolve_delta(c, len(data))
+            q, delta = poisson_sample_rate(len(data), c.train.batch_size), c.privacy.delta or default_delta(len(data))
+            if delta >= 1.0 / len(data):
+                raise ConfigError(f"privacy.delta={delta:g} is not below 1/N for the baseline's {len(data)} records")
             sigma = c.privacy.noise_multiplier or noise_for_target(c.privacy.target_epsilon, delta, q, steps,
                                                                    c.privacy.accountant)
             plan = DPPlan(sigma, q, steps, c.privacy.max_grad_norm)

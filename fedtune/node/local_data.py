@@ -1,19 +1,26 @@
 """What one node trains and evaluates on: its private records, split into train and held-out.
 
 On a real deployment a node's records come only from its own ``node_config`` (``data-path``),
-never from the coordinator's run config; a simulated node takes its partition of the run's
-record pool.
+never from the coordinator's run config, and the split into training and held-out records is
+the node's too (its ``eval-fraction`` and ``split-seed``), so the coordinator cannot shrink or
+choose the held-out set.  A simulated node takes its partition of the run's record pool.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
 from fedtune.common.config import DataConfig, RunConfig
 from fedtune.common.data import (DataError, Encoded, Example, PromptEncoder, load_data_file, partition,
                                  simulation_pool, train_eval_split)
+from fedtune.node.policy import NodePolicy
 from fedtune.node.privacy.ledger import dataset_fingerprint
 
 
@@ -23,7 +30,14 @@ class NodeData:
     train: list[Encoded]
     eval: list[Encoded]
     labels: tuple[str, ...]  # the label set every node of this run shares (macro-F1); empty if none
-    fingerprint: str  # of the training records: keys the node's privacy ledger
+    source: str  # what the node's privacy ledger is tied to (its data-path; a simulated split)
+    raw_fingerprint: str  # of the source's raw contents (finds the ledger again if the file moves)
+    groups: np.ndarray | None = None  # group index of each training record (group-level DP)
+
+    @property
+    def units(self) -> int:
+        """Privacy units: records, or the groups (patients, customers) they belong to."""
+        return len(self.train) if self.groups is None else int(self.groups.max()) + 1
 
 
 @dataclass(frozen=True)
@@ -32,32 +46,71 @@ class NodeExamples:
     train: list[Example]
     eval: list[Example]
     labels: tuple[str, ...]
+    source: str
+    raw_fingerprint: str
 
 
-def node_examples(cfg: DataConfig, node_config: Mapping[str, object]) -> NodeExamples:
+def raw_fingerprint(path: Path) -> str:
+    """SHA-256 of a data file's bytes (of every file, in order, for a datasets folder)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def node_name(node_config: Mapping[str, object]) -> str:
+    """The name a node reports: its node config's ``name`` (else its data file's stem), or
+    ``hospital-<partition>`` in a simulation."""
+    if "data-path" in node_config:
+        return str(node_config.get("name", Path(str(node_config["data-path"])).stem))
+    return f"hospital-{node_config.get('partition-id', '?')}"
+
+
+def node_examples(cfg: DataConfig, node_config: Mapping[str, object], policy: NodePolicy | None = None) -> NodeExamples:
     """This node's train and held-out records, from its own file or its simulation partition."""
+    policy = policy or NodePolicy.of(node_config, RunConfig(data=cfg))
     if "data-path" in node_config:
         path = Path(str(node_config["data-path"])).expanduser()
-        name = str(node_config.get("name", path.stem))
+        if policy.unit == "group":  # the node's own group field, whatever the run names
+            cfg = dataclasses.replace(cfg, group_column=policy.group_column)
         data = load_data_file(cfg, path)
         if data.format == "classification" and not cfg.label_list:
             raise DataError("classification data on a deployed node needs data.labels in the run config, so every "
                             "node prompts with the same label list (ask the coordinator to set it)")
-        records, labels, seed = data.examples, cfg.label_list, cfg.seed
+        records, labels = data.examples, cfg.label_list
+        source, raw = os.path.realpath(path), raw_fingerprint(path)
     elif "partition-id" in node_config:
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
         pool, labels = simulation_pool(cfg)
         parts = partition(pool, n, cfg.partition, cfg.alpha, cfg.seed)
         records = [pool[i] for i in parts[pid]]
-        name, seed = f"hospital-{pid}", cfg.seed + 1000 + pid
+        source = raw = ""
     else:
         raise DataError("this node has no data: set 'data-path' in its node config")
-    train, held_out = train_eval_split(records, cfg.eval_fraction, seed)
-    return NodeExamples(name, train, held_out, labels)
+    train, held_out = train_eval_split(records, policy.eval_fraction, policy.split_seed)
+    if not source:  # a simulated node: its ledger follows its training split (a per-run state dir anyway)
+        source = raw = f"simulated:{dataset_fingerprint(train)}"
+    return NodeExamples(node_name(node_config), train, held_out, labels, source, raw)
 
 
-def load_node_data(cfg: RunConfig, node_config: Mapping[str, object], encoder: PromptEncoder) -> NodeData:
+def group_indices(train: list[Example]) -> np.ndarray:
+    """Each record's group as an index 0..G-1 (order of first appearance)."""
+    missing = [i for i, ex in enumerate(train) if ex.group is None]
+    if missing:
+        raise DataError(f"group-level privacy needs a group for every record; {len(missing)} training records "
+                        "have none (set the group column)")
+    ids: dict[str, int] = {}
+    return np.array([ids.setdefault(str(ex.group), len(ids)) for ex in train], dtype=np.int64)
+
+
+def load_node_data(cfg: RunConfig, node_config: Mapping[str, object], encoder: PromptEncoder,
+                   policy: NodePolicy | None = None) -> NodeData:
     """This node's records, encoded for the run's model."""
-    ex = node_examples(cfg.data, node_config)
-    return NodeData(ex.name, encoder.encode_all(ex.train), encoder.encode_all(ex.eval), ex.labels,
-                    dataset_fingerprint(ex.train))
+    policy = policy or NodePolicy.of(node_config, cfg)
+    ex = node_examples(cfg.data, node_config, policy)
+    groups = group_indices(ex.train) if policy.effective(cfg).unit == "group" else None
+    return NodeData(ex.name, encoder.encode_all(ex.train), encoder.encode_all(ex.eval), ex.labels, ex.source,
+                    ex.raw_fingerprint, groups)

@@ -1,4 +1,4 @@
-"""One node's training round: budget check → (DP-)training → LoRA delta → privacy ledger.
+"""One node's training round: policy → budget check → (DP-)training → LoRA delta → privacy ledger.
 
 Shared by the ClientApp and by anything else that must run exactly the same local work (e.g. the
 Flower built-in SecAgg+ comparison in ``benchmarks/``).  The ledger is written before this
@@ -7,6 +7,7 @@ returns, i.e. before anything derived from the records can leave the node.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,11 +17,18 @@ import numpy as np
 
 from fedtune.common.adapters import delta, get_adapter_arrays
 from fedtune.common.config import RunConfig
-from fedtune.common.messages import BUDGET_EXHAUSTED
+from fedtune.common.files import exclusive_lock
+from fedtune.common.messages import BUDGET_EXHAUSTED, OK
 from fedtune.node.local_data import NodeData
-from fedtune.node.privacy import DPStepper, plan_round
+from fedtune.node.policy import NodePolicy
+from fedtune.node.privacy import DPStepper, PrivacyLedger, plan_round
+from fedtune.node.privacy.guard import expected_units_per_batch
+from fedtune.node.privacy.ledger import LEDGER_LOCK
 from fedtune.node.process_cache import NODE_PROCESS, NodeCache
 from fedtune.node.training import train_local
+
+
+LEDGER_LOCK_TIMEOUT = 3600.0  # seconds to wait for another run's round on this node to finish
 
 
 @dataclass
@@ -33,22 +41,50 @@ class LocalRound:
 
 def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, global_arrays: Mapping[str, np.ndarray],
                 cache: NodeCache = NODE_PROCESS) -> LocalRound:
+    """One round of local work under the node's own policy (PolicyRefusal if the run asks for less privacy)."""
+    policy = NodePolicy.of(node_config, cfg)
+    private = policy.effective(cfg).enabled
     # the model holds exactly the received global adapter (anything else is refused)
     model, encoder, data = cache.prepare(cfg, node_config, global_arrays)
-    metrics: dict = {"examples": len(data.train), "num_records": len(data.train)}
-    stepper = privacy = None
-    if cfg.privacy.enabled:
-        privacy = plan_round(cfg, node_config, data.name, data.fingerprint, len(data.train), run_id)
-        metrics.update(delta=privacy.ledger.delta, max_epsilon=privacy.max_epsilon,
-                       noise_multiplier=privacy.plan.noise_multiplier, sample_rate=privacy.plan.sample_rate)
-        if not privacy.allowed:  # the node's own budget decides; nothing is trained or sent
-            metrics.update(epsilon=privacy.epsilon_before, epsilon_if_trained=privacy.epsilon_after)
-            return LocalRound(data, BUDGET_EXHAUSTED, metrics)
-        stepper = DPStepper(model, len(data.train), cfg.train, privacy.plan, cfg.privacy.clipping)
     seed = int(np.random.SeedSequence([cfg.train.seed, rnd, zlib.crc32(data.name.encode())]).generate_state(1)[0])
-    result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper)
-    update = delta(get_adapter_arrays(model), global_arrays)
-    if privacy is not None:  # persist the spent budget before anything derived from the data leaves
-        metrics["epsilon"] = privacy.ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)
-    metrics.update(train_loss=result.loss, steps=result.steps, samples=result.samples, train_seconds=result.seconds)
-    return LocalRound(data, "ok", metrics, update)
+    if not private:  # only where the node's policy allows it (simulations; require-dp = false)
+        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed)
+        metrics = {**_counts(data), "train_loss": result.loss, **_work(result)}
+        return LocalRound(data, OK, metrics, delta(get_adapter_arrays(model), global_arrays))
+    state = policy.state_dir_for(cfg, data.name, run_id)
+    # One round at a time per state dir, from the budget check to the ledger write: two runs (or two
+    # SuperNodes sharing the folder) can never both spend the same remaining budget.
+    with exclusive_lock(state / LEDGER_LOCK, LEDGER_LOCK_TIMEOUT, "privacy ledger"):
+        ledger = open_ledger(cfg, policy, data, state)
+        privacy = plan_round(cfg, policy, ledger, data.units, len(data.train), rnd)
+        metrics = {**_counts(data), "delta": privacy.delta, "max_epsilon": privacy.max_epsilon,
+                   "sample_rate": privacy.plan.sample_rate}
+        if not privacy.allowed:  # the node's own budget decides; nothing is trained or sent
+            metrics["epsilon"] = privacy.epsilon_before
+            if math.isfinite(privacy.epsilon_after):
+                metrics["epsilon_if_trained"] = privacy.epsilon_after
+            return LocalRound(data, BUDGET_EXHAUSTED, metrics)
+        metrics["noise_multiplier"] = privacy.plan.noise_multiplier
+        batch = expected_units_per_batch(cfg.train.batch_size, len(data.train), data.units)
+        with DPStepper(model, data.units, cfg.train, privacy.plan, cfg.privacy.clipping, data.groups, batch) as stepper:
+            result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper)
+        update = delta(get_adapter_arrays(model), global_arrays)
+        ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)  # persisted before anything leaves
+    # No training loss: it is computed from the private Poisson batch and DP-SGD does not cover it.
+    metrics.update(epsilon=ledger.epsilon(delta=privacy.delta), **_work(result))
+    return LocalRound(data, OK, metrics, update)
+
+
+def open_ledger(cfg: RunConfig, policy: NodePolicy, data: NodeData, state) -> PrivacyLedger:
+    """The ledger of the node's data source (never keyed by anything the run config chose)."""
+    eff = policy.effective(cfg)
+    return PrivacyLedger.open(state, data.source, eff.accountant, policy.delta_for(cfg.privacy.delta, data.units),
+                              data.units, eff.unit, data.raw_fingerprint)
+
+
+def _counts(data: NodeData) -> dict:
+    return {"examples": len(data.train), "num_records": len(data.train)}
+
+
+def _work(result) -> dict:
+    return {"steps": result.steps, "samples": result.samples, "train_seconds": result.seconds}

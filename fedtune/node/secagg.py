@@ -25,14 +25,6 @@ _KEYS, _INPUT, _SETUP, _SESSION = "secagg.keys", "secagg.input", "secagg.setup",
 _ALL = (_KEYS, _INPUT, _SETUP, _SESSION)
 
 
-def require_secagg(node_config: Mapping) -> bool:
-    """A deployed node only sends its delta masked unless its own config says otherwise
-    (``require-secagg = false``); simulated nodes follow the run config."""
-    if "require-secagg" in node_config:
-        return str(node_config["require-secagg"]).lower() not in ("false", "0")
-    return "partition-id" not in node_config
-
-
 def forget(state: RecordDict) -> None:
     """Erase this round's secrets from the node's state."""
     for key in _ALL:

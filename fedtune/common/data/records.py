@@ -77,14 +77,22 @@ class RecordSpec:
         return self.instruction_text or "Classify the text. Reply with exactly one of: " + ", ".join(labels) + "."
 
 
+VALUE = "{value}"  # where a record's own value stands in a problem message
+
+
 @dataclass(frozen=True)
 class Problem:
     where: str  # "line 7" / "row 7"
-    message: str
+    message: str  # names lines and fields only; a record's own value is ``value``, at ``VALUE``
     severity: str = "error"  # "error": the record is unusable; "warning": usable, but look at it
+    value: str | None = None  # shown to the operator (``fedtune data check``), withheld from anything sent
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+        return self.render(show_value=True)
+
+    def render(self, show_value: bool) -> str:
+        shown = f"'{self.value}'" if show_value else "(value withheld)"
+        return f"{self.where}: {self.message.replace(VALUE, shown)}"
 
     @property
     def position(self) -> int:
@@ -106,18 +114,21 @@ class LoadedData:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
-    def error_message(self) -> str:
+    def error_message(self, show_values: bool = True) -> str:
         errs = self.errors
         lines = [f"{self.path}: {len(errs)} bad record(s) of {self.rows}; fix them (`fedtune data check {self.path}` "
                  "lists everything):"]
-        lines += [f"  {p}" for p in errs[:MAX_LISTED]]
+        lines += [f"  {p.render(show_values)}" for p in errs[:MAX_LISTED]]
         if len(errs) > MAX_LISTED:
             lines.append(f"  ... and {len(errs) - MAX_LISTED} more")
         return "\n".join(lines)
 
 
 class _Bad(Exception):
-    """One record's problem (message only; the caller knows where)."""
+    """One record's problem: (message, the record's own value or None); the caller knows where."""
+
+    def problem(self, where: str) -> Problem:
+        return Problem(where, self.args[0], value=self.args[1] if len(self.args) > 1 else None)
 
 
 def _text(obj: Mapping[str, Any], key: str, what: str = "") -> str:
@@ -184,7 +195,7 @@ def to_example(obj: Mapping[str, Any], fmt: str, spec: RecordSpec, labels: tuple
     else:
         raise ValueError(f"unknown format {fmt!r}")
     if label is not None and labels and label not in labels:
-        raise _Bad(f"unknown label '{label}' (allowed: {', '.join(labels)}); fix the record or data.labels")
+        raise _Bad(f"unknown label {VALUE} (allowed: {', '.join(labels)}); fix the record or data.labels", label)
     group = None
     if spec.group:
         group = _optional_label(obj, spec.group)
@@ -235,7 +246,7 @@ def read_examples(path: str | Path, spec: RecordSpec = RecordSpec()) -> LoadedDa
             examples.append(to_example(r.value, f, spec, labels if f == "classification" or spec.labels else ()))
             positions.append(r.where)
         except _Bad as exc:
-            problems.append(Problem(r.where, str(exc)))
+            problems.append(exc.problem(r.where))
     problems += _duplicates(examples, positions)
     problems.sort(key=lambda q: q.position)
     return LoadedData(p, fmt, examples, positions, labels, rows, problems)
@@ -257,7 +268,7 @@ def load_examples(path: str | Path, spec: RecordSpec = RecordSpec()) -> LoadedDa
     """Read a data file and refuse it (DataError listing every bad record) if any record is bad."""
     data = read_examples(path, spec)
     if data.errors:
-        raise DataError(data.error_message())
+        raise DataError(data.error_message(), public=data.error_message(show_values=False))
     if not data.examples:
         raise DataError(f"{data.path} contains no usable records")
     return data

@@ -53,6 +53,34 @@ def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, st
         ))
 
 
+SIGMA_CEILING = 1e4  # noise beyond this makes a round useless; a node declines instead
+
+
+@functools.lru_cache(maxsize=256)  # a pure function of its (hashable) arguments
+def paced_noise(history: tuple[Segment, ...], goal_epsilon: float, delta: float, sample_rate: float,
+                planned_steps: int, name: str = "rdp", rel_tol: float = 1e-3) -> float | None:
+    """Smallest σ (within ``rel_tol``) such that ``history`` followed by ``planned_steps`` steps at
+    (σ, ``sample_rate``) spends at most ``goal_epsilon``; None if not even σ = SIGMA_CEILING fits.
+
+    Budget pacing: the node plans each round from what it has *left* over the rounds still
+    planned, so a longer run gets more noise per round and a retried round never overspends."""
+    def spent(sigma: float) -> float:
+        return epsilon(list(history) + [(sigma, sample_rate, planned_steps)], delta, name)
+
+    if spent(SIGMA_CEILING) > goal_epsilon:
+        return None
+    hi = 1.0
+    while spent(hi) > goal_epsilon:
+        hi *= 2.0
+    lo = hi / 2.0
+    while spent(lo) <= goal_epsilon and lo > 1e-3:
+        hi, lo = lo, lo / 2.0
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2.0
+        lo, hi = (lo, mid) if spent(mid) <= goal_epsilon else (mid, hi)
+    return hi
+
+
 def default_delta(num_records: int) -> float:
     """δ well below 1/N (the usual requirement): 0.1 / N."""
     return 0.1 / num_records

@@ -1,8 +1,14 @@
-"""The node's privacy ledger: every DP round this node ever ran on this dataset, persisted.
+"""The node's privacy ledger: every DP round this node ever ran on its records, persisted.
 
-One JSON file per dataset fingerprint in the node's state directory, rewritten atomically
-(temp file + fsync + rename) after each round, *before* the update leaves the node. It holds
+One JSON file per *data source* in the node's state directory, rewritten atomically (temp file,
+fsync, rename, directory fsync) after each round, *before* the update leaves the node.  It holds
 the accountant's full history, so ε is recomputed exactly across rounds, runs and restarts.
+
+What a ledger is tied to is the node's choice, never the coordinator's: a deployed node's ledger
+is keyed by its own ``data-path`` (and found again by the fingerprint of the raw file, should
+the file move), so no run-config key (split seed, format, field names, held-out fraction) can
+start the same records on a fresh budget.  The caller holds ``LEDGER_LOCK`` in the state dir
+from the budget check to the write (``node/local_round.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from fedtune.common.data import Example
 from fedtune.common.files import atomic_write_text
 from fedtune.node.privacy.accounting import Segment, epsilon
 
-VERSION = 1
+VERSION = 2
+LEDGER_LOCK = "privacy-ledger.lock"  # held from a round's budget check until its ledger write
 
 
 class LedgerError(RuntimeError):
-    """The ledger cannot be read or does not belong to this dataset."""
+    """The ledger cannot be read or does not belong to this data source."""
 
 
 def dataset_fingerprint(examples: Iterable[Example]) -> str:
@@ -34,63 +41,97 @@ def dataset_fingerprint(examples: Iterable[Example]) -> str:
     return h.hexdigest()
 
 
+def _file_name(source: str) -> str:
+    return f"privacy-ledger-{hashlib.sha256(source.encode()).hexdigest()[:16]}.json"
+
+
 @dataclass
 class PrivacyLedger:
     path: Path
-    fingerprint: str
+    source: str  # what the spending is tied to: a deployed node's data-path (or a simulated split)
     accountant: str
     delta: float
-    num_records: int
+    num_records: int  # privacy units (records, or groups for unit = group)
     history: list[Segment] = field(default_factory=list)
     rounds: list[dict] = field(default_factory=list)
+    unit: str = "record"
+    raw_fingerprints: list[str] = field(default_factory=list)  # of the source's contents, as seen
 
     # -- persistence -----------------------------------------------------------------
     @classmethod
-    def open(cls, state_dir: str | Path, fingerprint: str, accountant: str, delta: float, num_records: int) -> "PrivacyLedger":
-        """Load this dataset's ledger from ``state_dir``, or start an empty one (not yet written)."""
+    def open(cls, state_dir: str | Path, source: str, accountant: str, delta: float, num_records: int,
+             unit: str = "record", raw_fingerprint: str = "") -> "PrivacyLedger":
+        """This source's ledger from ``state_dir`` (also found by ``raw_fingerprint`` if the file moved),
+        or a new one (not yet written) that starts from any version-1 ledgers found there."""
         directory = Path(state_dir).expanduser()
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create the node state directory {directory}: {exc}") from exc
-        path = directory / f"privacy-ledger-{fingerprint[:16]}.json"
+        path = directory / _file_name(source)
+        if not path.exists() and raw_fingerprint:
+            path = next((q for q in sorted(directory.glob("privacy-ledger-*.json"))
+                         if raw_fingerprint in _peek(q).get("raw_fingerprints", [])), path)
         if not path.exists():
-            return cls(path, fingerprint, accountant, delta, num_records)
+            return cls._new(path, source, accountant, delta, num_records, unit, raw_fingerprint)
         ledger = cls.load(path)
-        if ledger.fingerprint != fingerprint:
-            raise LedgerError(f"{path} belongs to another dataset (fingerprint mismatch)")
-        if ledger.accountant != accountant or ledger.delta != delta:
-            raise LedgerError(
-                f"{path} was kept with accountant={ledger.accountant} delta={ledger.delta}; this run asks for "
-                f"accountant={accountant} delta={delta}. Use the ledger's settings so ε stays comparable"
-            )
+        ledger._check(accountant, unit)
+        if raw_fingerprint and raw_fingerprint not in ledger.raw_fingerprints:
+            ledger.raw_fingerprints.append(raw_fingerprint)  # the records changed: their spending carries on
+        ledger.num_records = num_records
         return ledger
 
     @classmethod
+    def _new(cls, path, source, accountant, delta, num_records, unit, raw_fingerprint) -> "PrivacyLedger":
+        """Histories of version-1 ledgers (keyed by the training split) carry over: never a fresh start."""
+        ledger = cls(path, source, accountant, delta, num_records, unit=unit,
+                     raw_fingerprints=[raw_fingerprint] if raw_fingerprint else [])
+        for old in sorted(path.parent.glob("privacy-ledger-*.json")):
+            raw = _peek(old)
+            if raw.get("version") == 1:
+                legacy = cls.load(old)
+                ledger._check(legacy.accountant, "record")
+                ledger.history += legacy.history
+                ledger.rounds += [{**r, "carried_over_from": old.name} for r in legacy.rounds]
+        return ledger
+
+    def _check(self, accountant: str, unit: str) -> None:
+        if self.accountant != accountant:
+            raise LedgerError(f"{self.path} was kept with accountant={self.accountant}; this node now asks for "
+                              f"accountant={accountant}. Keep the ledger's accountant so ε stays comparable")
+        if self.unit != unit:
+            raise LedgerError(f"{self.path} accounts privacy per {self.unit}; this round asks for per-{unit} "
+                              "accounting, which does not compose with it. Keep the node's privacy-unit")
+
+    @classmethod
     def load(cls, path: Path) -> "PrivacyLedger":
-        """Read a ledger file as it is (``open`` also checks it belongs to this dataset and settings)."""
+        """Read a ledger file as it is (``open`` also checks it belongs to this source and settings)."""
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             return cls(
-                path, str(raw["fingerprint"]), str(raw["accountant"]), float(raw["delta"]), int(raw["num_records"]),
-                [(float(s), float(q), int(n)) for s, q, n in raw["history"]], list(raw.get("rounds", [])),
+                path, str(raw.get("source", raw.get("fingerprint"))), str(raw["accountant"]), float(raw["delta"]),
+                int(raw["num_records"]), [(float(s), float(q), int(n)) for s, q, n in raw["history"]],
+                list(raw.get("rounds", [])), str(raw.get("unit", "record")),
+                [str(f) for f in raw.get("raw_fingerprints", [])],
             )
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise LedgerError(
                 f"privacy ledger {path} is unreadable ({exc}); it is never half-written by fedtune, so restore "
-                "it from backup - deleting it would forget the privacy this dataset already spent"
+                "it from backup - deleting it would forget the privacy this node already spent"
             ) from exc
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps({
-            "version": VERSION, "fingerprint": self.fingerprint, "accountant": self.accountant,
-            "delta": self.delta, "num_records": self.num_records,
+            "version": VERSION, "source": self.source, "unit": self.unit, "accountant": self.accountant,
+            "delta": self.delta, "num_records": self.num_records, "raw_fingerprints": self.raw_fingerprints,
             "history": [list(seg) for seg in self.history], "epsilon": self.epsilon(), "rounds": self.rounds,
         }, indent=2) + "\n")
 
     # -- accounting ------------------------------------------------------------------
-    def epsilon(self, extra: Iterable[Segment] = ()) -> float:
-        return epsilon(list(self.history) + list(extra), self.delta, self.accountant)
+    def epsilon(self, extra: Iterable[Segment] = (), delta: float | None = None) -> float:
+        """ε of the whole history (+ ``extra``) at the ledger's δ, or at a smaller requested one."""
+        at = self.delta if delta is None else min(delta, self.delta)
+        return epsilon(list(self.history) + list(extra), at, self.accountant)
 
     def record(self, segment: Segment, **info) -> float:
         """Append one round's DP steps, persist, and return the new ε."""
@@ -115,7 +156,7 @@ def show_ledgers(state_dir: Path) -> str:
         ledger = PrivacyLedger.load(path)
         out += [
             f"{path}",
-            f"  dataset {ledger.fingerprint[:16]}…  records N={ledger.num_records}  accountant {ledger.accountant.upper()}"
+            f"  source {ledger.source}  {ledger.unit}s N={ledger.num_records}  accountant {ledger.accountant.upper()}"
             f"  δ={ledger.delta:.3g}",
             f"  ε spent: {ledger.epsilon():.4f}  over {sum(n for *_, n in ledger.history)} DP-SGD steps "
             f"in {len(ledger.rounds)} rounds",
@@ -125,3 +166,10 @@ def show_ledgers(state_dir: Path) -> str:
             out.append(f"  {r.get('round', '?'):>5}  {str(r.get('run_id', ''))[:9]:9s}  {r['sigma']:<7.4f}  "
                        f"{r['sample_rate']:<7.4f}  {r['steps']:>5}  {r['epsilon']:.4f}")
     return "\n".join(out)
+
+
+def _peek(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}  # unreadable: ``load`` names it if it is this source's ledger
