@@ -302,3 +302,26 @@ def test_group_level_privacy_is_the_nodes_choice_whatever_the_run_asks(deployed,
     for c in configs:
         (ledger,) = _ledgers(c)
         assert ledger.unit == "group" and ledger.num_records == 30  # ε counts patients, not notes
+
+
+def test_a_node_sending_a_garbage_masked_vector_aborts_the_round_and_the_adapter_stays(deployed):
+    """A malicious *node*: its masked vector is random words. Decoded, the sum is garbage; the
+    coordinator's checks (total weight = announced weights, norm <= Σw·C) refuse it before the
+    strategy sees it."""
+    from flwr.app import Array
+
+    grid, coord, _ = deployed()
+    before = {k: v.copy() for k, v in coord.global_arrays.items()}
+    liar = grid.node_ids[1]
+    rng = np.random.default_rng(0)
+
+    def garbage(mtype, nid, reply, context):
+        if mtype == "train.secagg_mask" and nid == liar:
+            honest = reply.content["masked"]["masked"].numpy()
+            reply.content["masked"]["masked"] = Array(rng.integers(0, 2**32, honest.shape, dtype=np.uint32))
+
+    grid.observe = garbage
+    nodes: dict = {}
+    summary = coord.train(1, nodes)
+    assert summary["aggregation"] == "aborted" and "announced" in summary["secagg_error"]
+    assert all(np.array_equal(coord.global_arrays[k], before[k]) for k in before)

@@ -173,9 +173,28 @@ class SecAggServer:
         stages["unmask_seconds"] = time.monotonic() - t
 
         decoded = setup.encoding.decode_sum(total)
+        announced = sum(adverts[node_of[i]].weight for i in survivors)
+        check_decoded_sum(decoded, announced, len(survivors), setup)
         return SecureSum(
             weighted_sum=decoded[:-1], total_weight=float(decoded[-1] / self.clip),
             survivors=sorted(node_of[i] for i in survivors), dropped=sorted(node_of[i] for i in set(index.values()) - survivors),
             degree=k, threshold=setup.threshold, seconds=time.monotonic() - t0,
             stages={s: round(v, 3) for s, v in stages.items()},
         )
+
+
+def check_decoded_sum(decoded: np.ndarray, announced_weight: float, survivors: int, setup: Setup) -> None:
+    """What one malicious node could break, checked before anything reaches the strategy: the decoded
+    total weight must be the survivors' announced weights, and the sum's norm at most Σw·C (each
+    node encodes w·x with |x| <= C).  A garbage masked vector or a bad share fails the first w.h.p.;
+    a bounded but poisoned update passes both (see docs/threat-model.md)."""
+    unit = setup.encoding.unit
+    slack = survivors * unit / 2  # each node's fixed-point rounding, at most half a unit per word
+    weight = decoded[-1] / setup.clip
+    if abs(weight - announced_weight) > slack / setup.clip + 1e-9 * announced_weight:
+        raise SecAggError(f"the decoded total weight {weight:.6g} is not the survivors' announced {announced_weight:.6g}: "
+                          "a node sent a malformed masked vector or key share")
+    norm, bound = float(np.linalg.norm(decoded[:-1])), announced_weight * setup.clip
+    if norm > bound * (1 + 1e-6) + slack * np.sqrt(decoded.size - 1):
+        raise SecAggError(f"the secure sum's norm {norm:.6g} exceeds Σ w·C = {bound:.6g}: a node sent a vector "
+                          "outside the encoding bounds")
