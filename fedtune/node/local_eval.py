@@ -20,7 +20,7 @@ from fedtune.common.adapters import adapter_hash
 from fedtune.common.config import RunConfig
 from fedtune.common.evaluation import evaluate
 from fedtune.common.files import atomic_write_text, exclusive_lock
-from fedtune.node.policy import NodePolicy, PolicyRefusal
+from fedtune.node.policy import STATE_LOCK_TIMEOUT, NodePolicy, PolicyRefusal
 from fedtune.node.process_cache import NODE_PROCESS, NodeCache
 
 MEMO = "evaluations.json"
@@ -37,7 +37,7 @@ def evaluate_round(cfg: RunConfig, node_config: Mapping, run_id: int, adapter: M
                             f"{len(data.eval)} (node config: min-eval-records, eval-fraction)")
     state = policy.state_dir_for(cfg, data.name, run_id)
     key = adapter_hash(adapter).hex()
-    with exclusive_lock(state / f"{MEMO}.lock", 3600.0, "evaluation memo"):
+    with exclusive_lock(state / f"{MEMO}.lock", STATE_LOCK_TIMEOUT, "evaluation memo"):
         memo = _read(state / MEMO)
         if key not in memo:
             result = evaluate(model, encoder, data.eval, cfg.train.eval_batch_size, cfg.model.precision, data.labels,

@@ -20,15 +20,11 @@ from fedtune.common.config import RunConfig
 from fedtune.common.files import exclusive_lock
 from fedtune.common.messages import BUDGET_EXHAUSTED, OK
 from fedtune.node.local_data import NodeData
-from fedtune.node.policy import NodePolicy
+from fedtune.node.policy import STATE_LOCK_TIMEOUT, EffectivePrivacy, NodePolicy
 from fedtune.node.privacy import DPStepper, PrivacyLedger, plan_round
-from fedtune.node.privacy.guard import expected_units_per_batch
 from fedtune.node.privacy.ledger import LEDGER_LOCK
 from fedtune.node.process_cache import NODE_PROCESS, NodeCache
 from fedtune.node.training import train_local
-
-
-LEDGER_LOCK_TIMEOUT = 3600.0  # seconds to wait for another run's round on this node to finish
 
 
 @dataclass
@@ -43,19 +39,19 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
                 cache: NodeCache = NODE_PROCESS) -> LocalRound:
     """One round of local work under the node's own policy (PolicyRefusal if the run asks for less privacy)."""
     policy = NodePolicy.of(node_config, cfg)
-    private = policy.effective(cfg).enabled
+    eff = policy.effective(cfg)
     # the model holds exactly the received global adapter (anything else is refused)
     model, encoder, data = cache.prepare(cfg, node_config, global_arrays)
     seed = int(np.random.SeedSequence([cfg.train.seed, rnd, zlib.crc32(data.name.encode())]).generate_state(1)[0])
-    if not private:  # only where the node's policy allows it (simulations; require-dp = false)
+    if not eff.enabled:  # only where the node's policy allows it (simulations; require-dp = false)
         result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed)
         metrics = {**_counts(data), "train_loss": result.loss, **_work(result)}
         return LocalRound(data, OK, metrics, delta(get_adapter_arrays(model), global_arrays))
     state = policy.state_dir_for(cfg, data.name, run_id)
     # One round at a time per state dir, from the budget check to the ledger write: two runs (or two
     # SuperNodes sharing the folder) can never both spend the same remaining budget.
-    with exclusive_lock(state / LEDGER_LOCK, LEDGER_LOCK_TIMEOUT, "privacy ledger"):
-        ledger = open_ledger(cfg, policy, data, state)
+    with exclusive_lock(state / LEDGER_LOCK, STATE_LOCK_TIMEOUT, "privacy ledger"):
+        ledger = open_ledger(cfg, policy, eff, data, state)
         privacy = plan_round(cfg, policy, ledger, data.units, len(data.train), rnd)
         metrics = {**_counts(data), "delta": privacy.delta, "max_epsilon": privacy.max_epsilon,
                    "sample_rate": privacy.plan.sample_rate}
@@ -65,8 +61,8 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
                 metrics["epsilon_if_trained"] = privacy.epsilon_after
             return LocalRound(data, BUDGET_EXHAUSTED, metrics)
         metrics["noise_multiplier"] = privacy.plan.noise_multiplier
-        batch = expected_units_per_batch(cfg.train.batch_size, len(data.train), data.units)
-        with DPStepper(model, data.units, cfg.train, privacy.plan, cfg.privacy.clipping, data.groups, batch) as stepper:
+        with DPStepper(model, data.units, cfg.train, privacy.plan, cfg.privacy.clipping, data.groups,
+                       privacy.units_per_batch) as stepper:
             result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper)
         update = delta(get_adapter_arrays(model), global_arrays)
         ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)  # persisted before anything leaves
@@ -75,9 +71,8 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
     return LocalRound(data, OK, metrics, update)
 
 
-def open_ledger(cfg: RunConfig, policy: NodePolicy, data: NodeData, state) -> PrivacyLedger:
+def open_ledger(cfg: RunConfig, policy: NodePolicy, eff: EffectivePrivacy, data: NodeData, state) -> PrivacyLedger:
     """The ledger of the node's data source (never keyed by anything the run config chose)."""
-    eff = policy.effective(cfg)
     return PrivacyLedger.open(state, data.source, eff.accountant, policy.delta_for(cfg.privacy.delta, data.units),
                               data.units, eff.unit, data.raw_fingerprint)
 

@@ -21,6 +21,7 @@ from fedtune.common.model import cache_root
 DEFAULT_MAX_EPSILON = 8.0  # a deployed node that sets no budget gets this one
 DEFAULT_MIN_EVAL_RECORDS = 20
 DEFAULT_EVAL_FRACTION = 0.1
+STATE_LOCK_TIMEOUT = 3600.0  # seconds a node waits for another run's work in its state dir
 UNITS = ("record", "group")
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -72,7 +73,7 @@ class NodePolicy:
             unit=r.choice("privacy-unit", "record", UNITS),
             group_column=r.text("group-column", ""),
             accountant=r.choice("accountant", "rdp", ACCOUNTANTS),
-            state_dir=Path(r.text("state-dir", "")).expanduser() if r.text("state-dir", "") else None,
+            state_dir=r.path("state-dir"),
         )
         policy._check()
         return policy
@@ -86,7 +87,7 @@ class NodePolicy:
             max_delta=None, min_eval_records=1, eval_fraction=cfg.data.eval_fraction,
             split_seed=cfg.data.seed + 1000 + int(node_config["partition-id"]),  # type: ignore[arg-type]
             release_label_counts=True, unit="record", group_column="", accountant=p.accountant,
-            state_dir=Path(r.text("state-dir", "")).expanduser() if r.text("state-dir", "") else None,
+            state_dir=r.path("state-dir"),
         )
 
     def _check(self) -> None:
@@ -186,6 +187,10 @@ class _Reader:
 
     def text(self, key: str, default: str) -> str:
         return str(self.cfg.get(key, default))
+
+    def path(self, key: str) -> Path | None:
+        value = self.text(key, "")
+        return Path(value).expanduser() if value else None
 
     def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.text(key, default)

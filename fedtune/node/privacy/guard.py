@@ -27,6 +27,7 @@ class RoundPrivacy:
     max_epsilon: float
     epsilon_before: float
     epsilon_after: float
+    units_per_batch: int  # the expected Poisson batch (records, or groups) q was computed for
 
     @property
     def allowed(self) -> bool:
@@ -43,7 +44,8 @@ def plan_round(cfg: RunConfig, policy: NodePolicy, ledger: PrivacyLedger, units:
     """σ, q and the ε this round would bring the node's ledger to (nothing is spent here)."""
     p = cfg.privacy
     delta = min(policy.delta_for(p.delta, units), ledger.delta)
-    q = poisson_sample_rate(units, expected_units_per_batch(cfg.train.batch_size, records, units))
+    batch = expected_units_per_batch(cfg.train.batch_size, records, units)
+    q = poisson_sample_rate(units, batch)
     steps = cfg.train.local_steps
     before = ledger.epsilon(delta=delta)
     if p.noise_multiplier:  # the run fixes σ; the budget check below still holds the line
@@ -55,6 +57,6 @@ def plan_round(cfg: RunConfig, policy: NodePolicy, ledger: PrivacyLedger, units:
                             ledger.accountant)
     if sigma is None:  # nothing left to spend: not even the largest σ fits
         plan = DPPlan(math.inf, q, steps, p.max_grad_norm)
-        return RoundPrivacy(ledger, plan, delta, policy.max_epsilon, before, math.inf)
+        return RoundPrivacy(ledger, plan, delta, policy.max_epsilon, before, math.inf, batch)
     plan = DPPlan(sigma, q, steps, p.max_grad_norm)
-    return RoundPrivacy(ledger, plan, delta, policy.max_epsilon, before, ledger.epsilon([plan.segment], delta))
+    return RoundPrivacy(ledger, plan, delta, policy.max_epsilon, before, ledger.epsilon([plan.segment], delta), batch)
