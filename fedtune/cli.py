@@ -1,5 +1,5 @@
 """``fedtune`` command line: simulate, generate, privacy show, data synthetic, certs,
-node-key, model prepare."""
+node-key, roster build, model prepare."""
 
 from __future__ import annotations
 
@@ -94,9 +94,25 @@ def _cmd_node_key(args: argparse.Namespace) -> int:
     from fedtune.node.node_key import create_node_key
 
     key = create_node_key(args.out, args.name, force=args.force)
-    print(f"private key  {key.private}   (stays on this node: flower-supernode --auth-supernode-private-key)\n"
-          f"public key   {key.public}   (send it to the coordinator, who admits it with "
-          f"`flwr supernode register {key.public.name}`)")
+    print(f"private key   {key.private}   (stays on this node: flower-supernode --auth-supernode-private-key)\n"
+          f"public key    {key.public}   (send it to the coordinator, who admits it with "
+          f"`server/admit-node.sh {key.public.name} {args.name}`)\n"
+          f"signing key   {key.signing_key}   (stays on this node: signing-key = ... in its node config)\n"
+          f"roster entry  {key.roster_entry}   (send it to the federation; every node pins the roster "
+          "`fedtune roster build` makes of all entries)")
+    return 0
+
+
+def _cmd_roster_build(args: argparse.Namespace) -> int:
+    from fedtune.common.secagg.roster import build_roster
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} already exists; use --force to replace it")
+    roster = build_roster([Path(e) for e in args.entries], out)
+    print(f"{out}: {len(roster.keys)} node(s): {', '.join(sorted(roster.keys))}\n"
+          "check every key with its node's operator out of band, then each node pins this file "
+          "(roster = ... in its node config)")
     return 0
 
 
@@ -197,11 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace existing files")
     c.set_defaults(func=_cmd_certs)
 
-    nk = sub.add_parser("node-key", help="create a node's authentication key pair (node operator)")
-    nk.add_argument("--out", required=True, help="folder for NAME (private) and NAME.pub")
-    nk.add_argument("--name", default="node-key", help="file name and key comment (default: node-key)")
-    nk.add_argument("--force", action="store_true", help="replace an existing key pair")
+    nk = sub.add_parser("node-key", help="create a node's authentication and signing keys (node operator)")
+    nk.add_argument("--out", required=True,
+                    help="folder for node-key, node-key.pub, signing-key and NAME.roster-entry")
+    nk.add_argument("--name", required=True, help="this node's name, as in its node config's name = ...")
+    nk.add_argument("--force", action="store_true", help="replace existing keys")
     nk.set_defaults(func=_cmd_node_key)
+
+    rs = sub.add_parser("roster", help="the federation's roster of node signing keys")
+    rsub = rs.add_subparsers(dest="roster_command", required=True)
+    rb = rsub.add_parser("build", help="join every node's .roster-entry into one roster file")
+    rb.add_argument("--out", required=True, help="the roster file to write (e.g. roster.toml)")
+    rb.add_argument("entries", nargs="+", help="the NAME.roster-entry files, one per node")
+    rb.add_argument("--force", action="store_true", help="replace an existing roster file")
+    rb.set_defaults(func=_cmd_roster_build)
 
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", required=True)
@@ -220,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     from fedtune.coordinator.checkpoint import CheckpointError
     from fedtune.lab.simulation import SimulationError
     from fedtune.node.node_key import NodeKeyError
+    from fedtune.common.secagg.roster import RosterError
     from fedtune.node.privacy.ledger import LedgerError
 
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelError, SimulationError, LedgerError, CertError, NodeKeyError,
-            CheckpointError, FolderBusy) as exc:
+            CheckpointError, FolderBusy, RosterError) as exc:
         print(f"fedtune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

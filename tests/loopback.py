@@ -7,6 +7,7 @@ and inspect every reply that crosses the "network".
 
 from __future__ import annotations
 
+from pathlib import Path
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -14,7 +15,18 @@ from flwr.app import Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedtune.common.secagg.roster import build_roster, write_signing_key
 from fedtune.node.client_app import app as client_app
+
+
+def roster_for(folder: Path, names: list[str]) -> dict[str, dict]:
+    """Signing keys and one pinned roster for deployed nodes: name -> its node-config entries."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        write_signing_key(folder / f"{n}.signing-key", folder / f"{n}.roster-entry", n)
+    roster = folder / "roster.toml"
+    build_roster([folder / f"{n}.roster-entry" for n in names], roster)
+    return {n: {"signing-key": str(folder / f"{n}.signing-key"), "roster": str(roster)} for n in names}
 
 
 class LoopbackGrid:

@@ -31,7 +31,7 @@ from fedtune.node.local_round import train_round
 from fedtune.node.privacy import PrivacyLedger, epsilon
 from fedtune.node.process_cache import NodeCache
 
-from loopback import LoopbackGrid
+from loopback import LoopbackGrid, roster_for
 
 pytestmark = pytest.mark.adversarial
 NODES = 3
@@ -41,6 +41,8 @@ CANARY = "CANARY-7731-do-not-leak"
 @pytest.fixture
 def deployed(tmp_path, run_config):
     """make(**node_config extras) -> (grid, coordinator, node configs) for NODES deployed nodes."""
+    keys = roster_for(tmp_path / "keys", [f"hospital-{i}" for i in range(NODES)])
+
     def make(run: dict | None = None, **node_extra):
         configs = []
         for i in range(NODES):
@@ -49,7 +51,8 @@ def deployed(tmp_path, run_config):
             if not (d / "records.jsonl").exists():
                 write_jsonl(generate_triage(120, seed=i), d / "records.jsonl")
             configs.append({"name": f"hospital-{i}", "data-path": str(d / "records.jsonl"),
-                            "state-dir": str(d / "state"), "max-epsilon": 8.0, "min-eval-records": 5, **node_extra})
+                            "state-dir": str(d / "state"), "max-epsilon": 8.0, "min-eval-records": 5,
+                            **keys[f"hospital-{i}"], **node_extra})
         cfg = RunConfig.from_flat({**run_config, **(run or {})})
         grid = LoopbackGrid(NODES, cfg.to_flat(), node_configs=configs)
         return grid, Coordinator(grid, cfg, run_id=7), configs
@@ -240,7 +243,7 @@ def test_error_replies_never_carry_record_content(deployed, tmp_path, monkeypatc
     path.write_text(path.read_text() + json.dumps(record) + "\n")  # a record whose label is not allowed
     nodes: dict = {}
     coord.train(1, nodes)
-    bad = next(n for n in nodes.values() if n.get("name") == "hospital-0" or n["status"] == "error")
+    bad = nodes[str(grid.node_ids[0])]
     assert bad["status"] == "error" and "line 121: unknown label" in bad["error"]  # names the line and the field
     real = fedtune.node.local_round.train_local
 

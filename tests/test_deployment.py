@@ -115,19 +115,23 @@ def deployment(tmp_path_factory, tiny_model_dir):
         records[0] = dataclasses.replace(first, messages=tuple(
             {**m, "content": m["content"] + f" Patient ref {CANARY}."} if m["role"] == "user" else m
             for m in first.messages))
-        nodes = []
-        for i in range(NODES + 1):  # the last one is never admitted
-            node_dir = base / f"node-{i}"
-            _run([sys.executable, "-m", "fedtune.cli", "node-key", "--out", str(node_dir)], env)
+        nodes = [base / f"node-{i}" for i in range(NODES + 1)]  # the last one is never admitted
+        for i, node_dir in enumerate(nodes):
+            _run([sys.executable, "-m", "fedtune.cli", "node-key", "--out", str(node_dir), "--name", f"hospital-{i}"],
+                 env)
+        roster = base / "roster.toml"  # assembled from the admitted nodes' entries, pinned by each of them
+        _run([sys.executable, "-m", "fedtune.cli", "roster", "build", "--out", str(roster),
+              *[str(d / f"hospital-{i}.roster-entry") for i, d in enumerate(nodes[:NODES])]], env)
+        for i, node_dir in enumerate(nodes):
             (node_dir / "ca.crt").write_bytes((coord / "certs" / "ca.crt").read_bytes())
             write_jsonl(records[60 * i: 60 * (i + 1)], node_dir / "records.jsonl")
             (node_dir / "node-config.toml").write_text(
                 f'name = "hospital-{i}"\ndata-path = "{node_dir / "records.jsonl"}"\n'
                 f'state-dir = "{node_dir / "state"}"\nmax-epsilon = 8.0\n'
+                f'signing-key = "{node_dir / "signing-key"}"\nroster = "{roster}"\n'
                 'min-eval-records = 5\n')  # 6 held-out records each: a tiny test federation
             if i < NODES:
                 _run(["bash", ROOT / "server" / "admit-node.sh", node_dir / "node-key.pub", f"hospital-{i}"], env)
-            nodes.append(node_dir)
         assert CANARY in (nodes[0] / "records.jsonl").read_text()  # the canary is really in node 0's data
 
         node_env = lambda d: {**env, "FEDTUNE_NODE_DIR": str(d), "FEDTUNE_SUPERLINK": f"127.0.0.1:{port}",  # noqa: E731

@@ -42,7 +42,7 @@ def test_one_of_four_nodes_raising_every_round_the_run_completes_and_reports_it(
     raise_on(monkeypatch, lambda pid, rnd: pid == 3)
     out = tmp_path / "out"
     grid, cfg = make_run(run_config, out)
-    report = run_federation(grid, cfg, out).read_text()
+    report = run_federation(grid, cfg, out, run_id=7).read_text()
     metrics = read_metrics(out / "metrics.jsonl")
     assert [m["round"] for m in metrics] == [0, 1, 2]
     for m in metrics[1:]:
@@ -57,7 +57,7 @@ def test_a_node_that_never_answers_is_reported_as_timed_out_and_the_round_goes_o
     out = tmp_path / "out"
     grid, cfg = make_run(run_config, out, **{"federation.rounds": 1, "federation.round-timeout": 1.0})
     grid.drop_at[grid.node_ids[2]] = "train"  # gone from its first training message on
-    run_federation(grid, cfg, out)
+    run_federation(grid, cfg, out, run_id=7)
     m1 = read_metrics(out / "metrics.jsonl")[1]
     silent = m1["nodes"][str(grid.node_ids[2])]
     assert silent["status"] == "timeout" and silent["error"] == "train: no reply in 1s; eval: no reply in 1s"
@@ -75,7 +75,7 @@ def test_a_round_that_fails_is_retried_and_the_retry_is_recorded(run_config, tmp
     raise_on(monkeypatch, first_attempt_of_round_1_on_three_nodes)
     out = tmp_path / "out"
     grid, cfg = make_run(run_config, out, **{"federation.rounds": 1})
-    run_federation(grid, cfg, out)
+    run_federation(grid, cfg, out, run_id=7)
     (m0, m1) = read_metrics(out / "metrics.jsonl")
     assert m1["aggregation"] == "fedavg" and m1["aggregated"] == 4
     (attempt,) = m1["retries"]
@@ -130,7 +130,7 @@ def test_a_round_that_keeps_failing_stops_the_run_with_its_checkpoint(run_config
     monkeypatch.setattr(SecAggServer, "run", always_inf)
     out = tmp_path / "out"
     grid, cfg = make_run(run_config, out, nodes=3, **{"federation.round-retries": 1})
-    run_federation(grid, cfg, out)
+    run_federation(grid, cfg, out, run_id=7)
     ckpt = load_checkpoint(out)
     assert ckpt.round == 0 and [m["round"] for m in read_metrics(out / "metrics.jsonl")] == [0]
     assert all(not a[...].any() for n, a in ckpt.adapter.items() if "lora_B" in n)  # still the initial adapter
@@ -150,7 +150,7 @@ def test_resume_after_a_crash_mid_round_repeats_nothing_and_matches_an_uninterru
     restored from the checkpoint too, or the resumed adapter would differ."""
     flat = {**run_config, "privacy.enabled": False, "federation.server-momentum": 0.9}
     grid, cfg = make_run(flat, tmp_path / "straight", **{"federation.rounds": 3})
-    run_federation(grid, cfg, tmp_path / "straight")
+    run_federation(grid, cfg, tmp_path / "straight", run_id=7)
     straight = load_checkpoint(tmp_path / "straight")
 
     out = tmp_path / "crashed"
@@ -164,11 +164,11 @@ def test_resume_after_a_crash_mid_round_repeats_nothing_and_matches_an_uninterru
     monkeypatch.setattr(Coordinator, "evaluate", evaluate)
     grid, cfg = make_run(flat, out, **{"federation.rounds": 3})
     with pytest.raises(Crash):
-        run_federation(grid, cfg, out)
+        run_federation(grid, cfg, out, run_id=7)
     assert load_checkpoint(out).round == 1 and not (out / "adapter").exists()
     monkeypatch.setattr(Coordinator, "evaluate", real_evaluate)
     grid, cfg = make_run(flat, out, **{"federation.rounds": 3, "output.resume": True})
-    run_federation(grid, cfg, out)
+    run_federation(grid, cfg, out, run_id=7)
 
     resumed = load_checkpoint(out)
     metrics = read_metrics(out / "metrics.jsonl")
@@ -185,9 +185,9 @@ def test_resume_after_a_crash_mid_round_repeats_nothing_and_matches_an_uninterru
 def test_resume_can_extend_a_finished_run(run_config, tmp_path):
     out = tmp_path / "out"
     grid, cfg = make_run(run_config, out, **{"federation.rounds": 1, "secagg.enabled": False})
-    run_federation(grid, cfg, out)
+    run_federation(grid, cfg, out, run_id=7)
     grid, cfg = make_run(run_config, out, **{"federation.rounds": 2, "secagg.enabled": False, "output.resume": True})
-    run_federation(grid, cfg, out)
+    run_federation(grid, cfg, out, run_id=7)
     assert [m["round"] for m in read_metrics(out / "metrics.jsonl")] == [0, 1, 2]
     assert "finished" in json.loads((out / "run.json").read_text())
 
@@ -201,7 +201,7 @@ def finished_run(tmp_path_factory, tiny_model_dir):
         "train.local-steps": 1, "data.records": 120, "privacy.enabled": False, "secagg.enabled": False,
         "federation.rounds": 1, "output.dir": str(out),
     })
-    run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out)
+    run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out, run_id=7)
     return cfg
 
 
@@ -217,7 +217,7 @@ def test_bad_restarts_are_refused_with_a_message_and_touch_nothing(finished_run,
     before = folder_state(out)
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         cfg = RunConfig.from_flat({**finished_run.to_flat(), **change})
-        run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, Path(cfg.output.dir))
+        run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, Path(cfg.output.dir), run_id=7)
     assert folder_state(out) == before and not Path("/nonexistent/fedtune-run").exists()
 
 
@@ -232,5 +232,5 @@ def test_truncated_checkpoint_is_refused_and_nothing_is_written(finished_run, tm
     cfg = RunConfig.from_flat({**finished_run.to_flat(), "output.dir": str(out), "output.resume": True,
                                "federation.rounds": 2})
     with pytest.raises(CheckpointError, match="damaged or truncated"):
-        run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out)
+        run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out, run_id=7)
     assert folder_state(out) == before

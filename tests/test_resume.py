@@ -87,7 +87,7 @@ def straight(tiny_model_dir, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_federation(LoopbackGrid(3, cfg.to_flat()), cfg, out)
+        run_federation(LoopbackGrid(3, cfg.to_flat()), cfg, out, run_id=7)
     finally:
         torch.set_num_threads(threads)
     return load_checkpoint(out)

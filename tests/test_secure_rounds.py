@@ -7,6 +7,7 @@ encoding with per-round bounds; measured ~1e-7 on these models).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,19 @@ import pytest
 from fedtune.common.adapters import adapter_parameters, flatten, get_adapter_arrays
 from fedtune.common.config import RunConfig
 from fedtune.common.secagg.crypto import SecAggError
+from fedtune.common.secagg.protocol import ClientSession, Trust
+from fedtune.common.secagg.roster import SimulatedRoster, simulated_signing_key
+from fedtune.common.secagg.round import RoundParams
 from fedtune.coordinator.rounds import Coordinator
 from fedtune.coordinator.strategy import FedAvg
+from fedtune.coordinator.secagg import SecAggServer
 from fedtune.node import secagg as secagg_client
 import fedtune.node.local_round
 
-from loopback import LoopbackGrid
+from loopback import LoopbackGrid, roster_for
 
 NODES = 8
+TRUST = Trust("hospital-0", simulated_signing_key("hospital-0"), SimulatedRoster())  # a simulated node's
 
 
 class SpyStrategy(FedAvg):
@@ -58,8 +64,9 @@ def federation(run_config, tmp_path, monkeypatch=None, **overrides):
     def observe(mtype, nid, reply, context):
         """At the end of each node's training: what it keeps to mask, and its true local delta."""
         if mtype == "train" and not reply.has_error() and "secagg.input" in context.state:
-            inputs[nid] = (context.state["secagg.input"]["delta"].numpy().copy(),
-                           float(context.state["secagg.keys"]["weight"]), float(context.state["secagg.keys"]["clip"]))
+            session = context.state["secagg.session"]
+            inputs[nid] = (context.state["secagg.input"]["delta"].numpy().copy(), float(session["weight"]),
+                           RoundParams.unpack(session["params"]).clip)
             if trained:
                 true_deltas[nid] = flatten(trained[-1]) - flatten(coord.global_arrays)
 
@@ -105,9 +112,11 @@ def test_secure_round_gives_the_weighted_average_and_the_strategy_sees_only_the_
 TRAIN_METRICS = {"examples", "num_records", "delta", "max_epsilon", "sample_rate", "noise_multiplier", "epsilon",
                  "steps", "samples", "train_seconds", "delta_clipped"}
 REPLY_RECORDS = {
-    "train": {"metrics": TRAIN_METRICS, "info": {"name", "status"}, "secagg": {"c_public", "s_public", "weight"}},
+    "train": {"metrics": TRAIN_METRICS, "info": {"name", "status"},
+              "secagg": {"name", "params", "c_public", "s_public", "weight", "b_commit", "signature"}},
     "train.secagg_share": {"secagg": {"to", "ciphertexts"}},
     "train.secagg_mask": {"masked": {"masked"}},
+    "train.secagg_confirm": {"secagg": {"signature"}},
     "train.secagg_unmask": {"secagg": {"about", "kinds", "shares"}},
 }
 
@@ -145,7 +154,8 @@ def test_nothing_but_keys_ciphertexts_and_one_masked_vector_leaves_a_node(run_co
     assert abs(bits.mean() - 0.5) < 4 * 0.5 / np.sqrt(bits.size)
 
 
-@pytest.mark.parametrize("stage", ["train.secagg_share", "train.secagg_mask", "train.secagg_unmask"])
+@pytest.mark.parametrize("stage", ["train.secagg_share", "train.secagg_mask", "train.secagg_confirm",
+                                   "train.secagg_unmask"])
 def test_two_of_eight_nodes_drop_and_the_round_completes_with_the_survivors(run_config, tmp_path, stage):
     grid, coord, inputs, _ = federation(run_config, tmp_path)
     gone = [grid.node_ids[1], grid.node_ids[6]]
@@ -153,7 +163,7 @@ def test_two_of_eight_nodes_drop_and_the_round_completes_with_the_survivors(run_
     summary = coord.train(1, {})
     assert summary["aggregation"] == "fedavg"
     # a node that still sent its masked vector (gone only at unmask) is in the sum
-    in_sum = grid.node_ids if stage == "train.secagg_unmask" else [n for n in grid.node_ids if n not in gone]
+    in_sum = grid.node_ids if stage in ("train.secagg_confirm", "train.secagg_unmask") else [n for n in grid.node_ids if n not in gone]
     assert summary["aggregated"] == len(in_sum)
     assert sorted(summary["dropped_nodes"]) == sorted(str(n) for n in set(grid.node_ids) - set(in_sum))
     (delta_sum, total), = coord.strategy.calls
@@ -166,7 +176,7 @@ def test_more_dropouts_than_the_threshold_allows_abort_and_keep_the_global_adapt
     before = {n: a.copy() for n, a in coord.global_arrays.items()}
     grid.drop_at = {nid: "train.secagg_mask" for nid in grid.node_ids[:4]}  # 4 of 8 > 7 - threshold 5
     summary = coord.train(1, {})
-    assert summary["aggregation"] == "aborted" and "threshold" in summary["secagg_error"]
+    assert summary["aggregation"] == "aborted" and "survivor set of at least 5" in summary["secagg_error"]
     assert sorted(summary["dropped_nodes"]) == sorted(str(n) for n in grid.node_ids[:4])
     assert coord.strategy.calls == []
     assert all(np.array_equal(before[n], a) for n, a in coord.global_arrays.items())
@@ -174,29 +184,65 @@ def test_more_dropouts_than_the_threshold_allows_abort_and_keep_the_global_adapt
         assert nid in grid.drop_at or not any(k.startswith("secagg.") for k in context.state)
 
 
-def test_a_server_that_sends_different_adapters_makes_the_round_fail_loudly(run_config, tmp_path):
-    grid, coord, _, _ = federation(run_config, tmp_path)
-    before = {n: a.copy() for n, a in coord.global_arrays.items()}
-    victim = grid.node_ids[3]
-
-    def tamper(msg):  # a server trying to isolate one node's update
+def _tamper_adapter_of(victim):
+    def tamper(msg):  # a server trying to isolate one node's update (Pasquini et al., CCS'22)
         if msg.metadata.dst_node_id == victim and msg.metadata.message_type == "train":
+            from flwr.app import Array
+
             rec = msg.content["adapter"]
             name = next(iter(rec))
             arr = rec[name].numpy().copy()
             arr.flat[0] += 1.0
-            from flwr.app import Array
             rec[name] = Array(arr)
         return msg
+    return tamper
 
-    grid.tamper = tamper
+
+@pytest.mark.adversarial
+def test_a_server_that_sends_different_adapters_makes_every_node_refuse_before_sharing_a_key(
+        run_config, tmp_path, monkeypatch):
+    grid, coord, _, _ = federation(run_config, tmp_path)
+    before = {n: a.copy() for n, a in coord.global_arrays.items()}
+    grid.tamper = _tamper_adapter_of(grid.node_ids[3])
+    monkeypatch.setattr(SecAggServer, "admit", lambda self, adverts: adverts)  # a malicious server forwards all
     nodes: dict = {}
     summary = coord.train(1, nodes)
     assert summary["aggregation"] == "aborted"
     assert coord.strategy.calls == []
     assert all(np.array_equal(before[n], a) for n, a in coord.global_arrays.items())
+    assert not any(t == "train.secagg_share" and not r.has_error() for t, _, r in grid.sent)  # no share sent
     errors = [n.get("error", "") for n in nodes.values()]
-    assert any("different global adapters" in e for e in errors), errors
+    assert all("different global adapter" in e for e in errors), errors
+
+
+def test_an_honest_coordinator_leaves_out_a_node_that_trained_from_another_adapter(run_config, tmp_path):
+    grid, coord, _, _ = federation(run_config, tmp_path)
+    victim = grid.node_ids[3]
+    grid.tamper = _tamper_adapter_of(victim)
+    nodes: dict = {}
+    summary = coord.train(1, nodes)
+    assert summary["aggregation"] == "fedavg" and summary["aggregated"] == NODES - 1
+    assert nodes[str(victim)]["status"] == "rejected" and "different global adapter" in nodes[str(victim)]["error"]
+
+
+@pytest.mark.adversarial
+def test_the_coordinator_leaves_out_a_node_claiming_a_weight_above_the_cap(run_config, tmp_path, monkeypatch):
+    """A malicious node signs a weight of 1e12 (to zero out everyone else's update in the sum)."""
+    grid, coord, _, _ = federation(run_config, tmp_path)
+    honest = ClientSession.advertise
+
+    def inflated(session):
+        advert = honest(session)
+        if session.trust.name != "hospital-2":
+            return advert
+        return dataclasses.replace(advert, weight=1e12).signed(session.trust.signing_key)
+    monkeypatch.setattr(ClientSession, "advertise", inflated)
+    nodes: dict = {}
+    summary = coord.train(1, nodes)
+    liar = next(n for n in nodes.values() if n.get("name") == "hospital-2")
+    assert summary["aggregation"] == "fedavg" and summary["aggregated"] == NODES - 1
+    assert liar["status"] == "rejected" and "above the announced cap" in liar["error"]
+    assert len(coord.strategy.calls) == 1 and coord.strategy.calls[0][1] < NODES * 1000  # the sum of real counts
 
 
 def test_secure_aggregation_can_be_switched_off_for_comparison(run_config, tmp_path):
@@ -226,10 +272,10 @@ def test_node_refuses_to_mask_a_malformed_delta_and_keeps_no_state(tiny_peft):
     renamed = {("x" + n if i == 0 else n): a for i, (n, a) in enumerate(g.items())}
     for update in (bad_shape, with_nan, renamed):
         with pytest.raises(AdapterMismatch):
-            secagg_client.start(state, 1, g, update, 10, 1.0)
+            secagg_client.start(state, TRUST, 7, 1, g, update, 10, 1.0, 100.0)
         assert len(state) == 0
     big = {n: np.full_like(a, 1.0) for n, a in g.items()}
-    secagg_client.start(state, 1, g, big, 10, 1.0)
+    secagg_client.start(state, TRUST, 7, 1, g, big, 10, 1.0, 100.0)
     assert np.linalg.norm(state["secagg.input"]["delta"].numpy()) == pytest.approx(1.0, rel=1e-5)
 
 
@@ -238,9 +284,9 @@ def test_a_stage_for_another_round_is_refused_and_erases_the_secrets(tiny_peft):
 
     g = get_adapter_arrays(tiny_peft[0])
     state = RecordDict()
-    secagg_client.start(state, 2, g, g, 10, 1.0)
+    secagg_client.start(state, TRUST, 7, 2, g, g, 10, 1.0, 100.0)
     with pytest.raises(SecAggError, match="round"):
-        secagg_client.share(state, ConfigRecord({"round": 1}))
+        secagg_client.share(state, ConfigRecord({"round": 1}), TRUST)
     assert len(state) == 0
 
 
@@ -248,7 +294,8 @@ def test_a_node_whose_data_file_is_missing_reports_it_and_the_round_goes_on(run_
     grid, coord, _, _ = federation(run_config, tmp_path)
     broken = grid.node_ids[2]
     grid.contexts[broken].node_config = {"data-path": str(tmp_path / "nowhere.jsonl"), "name": "st-elsewhere",
-                                         "state-dir": str(tmp_path / "st-elsewhere")}
+                                         "state-dir": str(tmp_path / "st-elsewhere"),
+                                         **roster_for(tmp_path / "keys", ["st-elsewhere"])["st-elsewhere"]}
     nodes: dict = {}
     summary = coord.train(1, nodes)
     assert summary["aggregation"] == "fedavg" and summary["aggregated"] == NODES - 1
@@ -279,7 +326,8 @@ def test_a_node_with_bad_records_refuses_its_file_with_the_data_check_lines_and_
                         "line 4: not valid UTF-8 (invalid continuation byte at byte 15); save the file as UTF-8"]
     grid, coord, _, _ = federation(run_config, tmp_path)
     broken = grid.node_ids[1]
-    grid.contexts[broken].node_config = {"data-path": str(bad), "name": "st-typo", "state-dir": str(tmp_path / "s")}
+    grid.contexts[broken].node_config = {"data-path": str(bad), "name": "st-typo", "state-dir": str(tmp_path / "s"),
+                                         **roster_for(tmp_path / "keys", ["st-typo"])["st-typo"]}
     nodes: dict = {}
     summary = coord.train(1, nodes)
     assert summary["aggregation"] == "fedavg" and summary["aggregated"] == NODES - 1

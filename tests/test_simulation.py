@@ -141,3 +141,58 @@ def test_bad_preset_fails_before_starting_flower(tmp_path, capsys):
     code = cli_main(["simulate", "--set", "train.lr=-1", "--out", str(tmp_path / "x")])
     assert code == 2 and "train.lr must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+DROPPING_APP = '''"""fedtune's ClientApp, except that chosen partitions crash at one SecAgg+ stage (a node lost mid-protocol)."""
+from flwr.clientapp import ClientApp
+
+from fedtune.node.client_app import app as fedtune_app
+
+DROP = {drop!r}  # partition id -> the message type at which that node dies
+
+
+class DroppingClientApp(ClientApp):
+    def __call__(self, message, context):
+        if DROP.get(int(context.node_config["partition-id"])) == message.metadata.message_type:
+            raise RuntimeError("node lost mid-protocol (test)")
+        return fedtune_app(message, context)
+
+
+app = DroppingClientApp()
+'''
+
+
+def _dropping_app(folder: Path, drop: dict[int, str]) -> Path:
+    """A Flower app folder: fedtune's pyproject with a ClientApp that loses the chosen nodes."""
+    from fedtune.lab.simulation import APP_DIR
+
+    folder.mkdir()
+    text = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
+    (folder / "pyproject.toml").write_text(
+        text.replace('clientapp = "fedtune.node.client_app:app"', 'clientapp = "dropping_app:app"'), encoding="utf-8")
+    (folder / "dropping_app.py").write_text(DROPPING_APP.format(drop=drop), encoding="utf-8")
+    return folder
+
+
+def test_real_nodes_lost_mid_protocol_in_a_flower_simulation_and_the_round_completes(tiny_model_dir, tmp_path):
+    from fedtune.common.config import load_preset
+    from fedtune.lab.simulation import run_simulation_config
+
+    # 7 nodes: 6 neighbours each, threshold 4, so 2 may drop. One node dies after sharing its keys
+    # (not a survivor: the pairwise masks it shares with the others are rebuilt from its key shares),
+    # one after sending its masked vector (a survivor: its self mask is removed with shares of b).
+    drop = {1: "train.secagg_mask", 3: "train.secagg_unmask"}
+    cfg, info = load_preset(None, [
+        f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=210",
+        "train.local-steps=1", "train.batch-size=4", "federation.rounds=1", "federation.min-nodes=3",
+        "simulation.nodes=7", "simulation.cpus-per-node=1"])
+    out = tmp_path / "run"
+    run_simulation_config(cfg, info, out, quiet=True, app_dir=_dropping_app(tmp_path / "app", drop))
+    m = read_metrics(out / "metrics.jsonl")[1]
+    by_name = {n["name"]: (nid, n) for nid, n in m["nodes"].items()}
+    assert m["aggregation"] == "fedavg" and m["aggregated"] == 6, m
+    assert m["dropped_nodes"] == [by_name["hospital-1"][0]]
+    assert "train.secagg_mask" in by_name["hospital-1"][1]["error"]
+    assert "train.secagg_unmask" in by_name["hospital-3"][1]["error"]
+    assert all(by_name[f"hospital-{i}"][1]["status"] == "ok" for i in (0, 2, 4, 5, 6))
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -192,6 +192,9 @@ class SecAggConfig:
         0.35, "fraction of each node's neighbours that may drop out during the protocol (sets the threshold)",
         lambda v: None if 0 <= v < 0.5 else "must be in [0, 0.5)")
     stage_timeout: float = _opt(300.0, "seconds to wait for node replies in each key-exchange stage", _positive)
+    max_weight: float = _opt(
+        10000.0, "cap on a node's aggregation weight (its training records), announced before masking; sets the "
+        "fixed-point scale, so no node's self-report can", _positive)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedtune.common.adapters import AdapterMismatch, check_arrays, unflatten
+from fedtune.common.adapters import AdapterMismatch, adapter_hash, check_arrays, unflatten
 from fedtune.common.config import RunConfig
 from fedtune.common.data import DEPARTMENTS, SYNTHETIC_TRIAGE, RecordSpec, load_data_file
 from fedtune.common.data.synthetic import INSTRUCTION as TRIAGE_INSTRUCTION
@@ -28,8 +28,9 @@ from fedtune.common.messages import BUDGET_EXHAUSTED, OK, error_text, from_recor
 from fedtune.common.model_cache import ModelCache, ModelSpec
 from fedtune.common.secagg.crypto import SecAggError
 from fedtune.common.secagg.params import clip_bound
+from fedtune.common.secagg.round import Advert, RoundParams, round_id
 from fedtune.coordinator.grid import exchange, reply_bytes
-from fedtune.coordinator.secagg import Advert, SecAggServer
+from fedtune.coordinator.secagg import SecAggServer
 from fedtune.coordinator.strategy import BadAggregate, FedAvg, weighted_sum
 
 
@@ -215,8 +216,9 @@ class Coordinator:
     def _secure_sum(self, rnd: int, adverts: dict, nodes: dict):
         cfg = self.cfg
         size = int(sum(a.size for a in self.global_arrays.values()))
-        server = SecAggServer(self.grid, rnd, self.run_id, size, clip_bound(cfg, size), cfg.secagg.dropout,
-                              cfg.secagg.stage_timeout, nodes)
+        params = RoundParams(round_id(self.run_id, rnd), adapter_hash(self.global_arrays), size + 1,
+                             clip_bound(cfg, size), cfg.secagg.max_weight)
+        server = SecAggServer(self.grid, rnd, params, cfg.secagg.dropout, cfg.secagg.stage_timeout, nodes)
         result = server.run(adverts)
         if len(result.survivors) < cfg.federation.min_nodes:
             raise SecAggError(f"only {len(result.survivors)} nodes completed the protocol (< min-nodes "

@@ -13,6 +13,7 @@ from fedtune.common.messages import OK, REFUSED, from_record, to_record
 from fedtune.common.secagg.params import clip_bound
 from fedtune.node import replies
 from fedtune.node import secagg as secagg_client
+from fedtune.node.identity import node_trust
 from fedtune.node.local_data import node_name
 from fedtune.node.local_eval import evaluate_round
 from fedtune.node.local_round import train_round
@@ -26,9 +27,11 @@ def train(msg: Message, context: Context) -> Message:
     secagg_client.forget(context.state)  # secrets of an earlier, unfinished round
     try:
         cfg = RunConfig.from_flat(context.run_config)
-        if not cfg.secagg.enabled and NodePolicy.of(context.node_config, cfg).require_secagg:
+        policy = NodePolicy.of(context.node_config, cfg)
+        if not cfg.secagg.enabled and policy.require_secagg:
             raise PolicyRefusal("this node only sends its update under secure aggregation, but the run has "
                                 "secagg.enabled=false (node config: require-secagg)")
+        trust = node_trust(context.node_config, policy) if cfg.secagg.enabled else None  # before any training
         rnd = int(msg.content["config"]["round"])
         global_arrays = from_record(msg.content["adapter"])
         local = train_round(cfg, context.node_config, int(context.run_id), rnd, global_arrays)
@@ -36,8 +39,9 @@ def train(msg: Message, context: Context) -> Message:
             return replies.result(msg, local.data.name, local.status, local.metrics)
         if cfg.secagg.enabled:  # keep the delta here; only public keys leave now, a masked vector later
             size = sum(a.size for a in global_arrays.values())
-            outgoing, clipped = secagg_client.start(context.state, rnd, global_arrays, local.update,
-                                                    len(local.data.train), clip_bound(cfg, size))
+            outgoing, clipped = secagg_client.start(
+                context.state, trust, int(context.run_id), rnd, global_arrays,
+                local.update, len(local.data.train), clip_bound(cfg, size), cfg.secagg.max_weight)
             local.metrics["delta_clipped"] = int(clipped)
         else:
             outgoing = to_record(local.update)
@@ -54,7 +58,9 @@ def train(msg: Message, context: Context) -> Message:
 def _secagg_stage(stage):
     def handle(msg: Message, context: Context) -> Message:
         try:
-            out = stage(context.state, msg.content["secagg"])
+            cfg = RunConfig.from_flat(context.run_config)
+            trust = node_trust(context.node_config, NodePolicy.of(context.node_config, cfg))
+            out = stage(context.state, msg.content["secagg"], trust)
         except Exception as exc:  # noqa: BLE001 - this node leaves the round; the protocol tolerates dropouts
             return replies.error(msg, exc)
         return Message(RecordDict({"masked" if isinstance(out, ArrayRecord) else "secagg": out}), reply_to=msg)
@@ -64,6 +70,7 @@ def _secagg_stage(stage):
 
 app.train("secagg_share")(_secagg_stage(secagg_client.share))
 app.train("secagg_mask")(_secagg_stage(secagg_client.mask))
+app.train("secagg_confirm")(_secagg_stage(secagg_client.confirm))
 app.train("secagg_unmask")(_secagg_stage(secagg_client.unmask))
 
 

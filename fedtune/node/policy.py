@@ -21,6 +21,8 @@ from fedtune.common.model import cache_root
 DEFAULT_MAX_EPSILON = 8.0  # a deployed node that sets no budget gets this one
 DEFAULT_MIN_EVAL_RECORDS = 20
 DEFAULT_EVAL_FRACTION = 0.1
+DEFAULT_MIN_PEERS = 3  # a secure sum over 2 nodes reveals each one's update to the other
+DEFAULT_MIN_THRESHOLD = 2
 STATE_LOCK_TIMEOUT = 3600.0  # seconds a node waits for another run's work in its state dir
 UNITS = ("record", "group")
 ACCOUNTANTS = ("rdp", "prv")
@@ -53,6 +55,10 @@ class NodePolicy:
     group_column: str  # the field naming each record's group (patient, customer), for unit = group
     accountant: str
     state_dir: Path | None  # None: a simulated node's folder is derived per run (see ``state_dir_for``)
+    min_peers: int = DEFAULT_MIN_PEERS  # SecAgg+: smallest survivor set, itself included, it takes part in
+    min_threshold: int = DEFAULT_MIN_THRESHOLD  # SecAgg+: smallest threshold it accepts
+    roster: Path | None = None  # the federation's pinned roster (deployed nodes)
+    signing_key: Path | None = None  # this node's Ed25519 key on that roster
 
     @classmethod
     def of(cls, node_config: Mapping[str, object], cfg: RunConfig) -> "NodePolicy":
@@ -74,6 +80,9 @@ class NodePolicy:
             group_column=r.text("group-column", ""),
             accountant=r.choice("accountant", "rdp", ACCOUNTANTS),
             state_dir=r.path("state-dir"),
+            min_peers=int(r.number("min-peers", DEFAULT_MIN_PEERS, integer=True)),
+            min_threshold=int(r.number("min-threshold", DEFAULT_MIN_THRESHOLD, integer=True)),
+            roster=r.path("roster"), signing_key=r.path("signing-key"),
         )
         policy._check()
         return policy
@@ -88,6 +97,8 @@ class NodePolicy:
             split_seed=cfg.data.seed + 1000 + int(node_config["partition-id"]),  # type: ignore[arg-type]
             release_label_counts=True, unit="record", group_column="", accountant=p.accountant,
             state_dir=r.path("state-dir"),
+            min_peers=int(r.number("min-peers", DEFAULT_MIN_PEERS, integer=True)),
+            min_threshold=int(r.number("min-threshold", DEFAULT_MIN_THRESHOLD, integer=True)),
         )
 
     def _check(self) -> None:
@@ -97,6 +108,9 @@ class NodePolicy:
             raise PolicyError(f"node config min-eval-records must be >= 1, got {self.min_eval_records}")
         if self.max_delta is not None and not 0 < self.max_delta < 1:
             raise PolicyError(f"node config max-delta must be in (0, 1), got {self.max_delta}")
+        if self.min_peers < 2 or self.min_threshold < 1:
+            raise PolicyError(f"node config min-peers must be >= 2 and min-threshold >= 1, got {self.min_peers} and "
+                              f"{self.min_threshold}: a secure sum of one node is that node's update")
         if self.unit == "group" and not self.group_column:
             raise PolicyError("node config privacy-unit = 'group' needs group-column: the field naming each "
                               "record's patient or customer")

@@ -6,7 +6,9 @@
   binding round, sender, receiver and the hash of the global adapter the sender received;
 * masks: AES-256-CTR keystream from the full 32-byte seed (``cryptography``), read as uint32;
 * secret sharing: Shamir over GF(2^128) (PyCryptodome); a 32-byte secret is shared as two
-  16-byte halves with the same share indices.
+  16-byte halves with the same share indices;
+* signatures: Ed25519 (``cryptography``) over a SHA-256 digest of length-prefixed, labelled parts
+  (``sign`` / ``verify``): a node's long-term key signs its advert and its view of the round.
 Peer input is parsed with fixed-size slicing only (no pickle or other code-executing formats).
 """
 
@@ -18,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from Crypto.Protocol.SecretSharing import Shamir
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -27,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+SIGNATURE_BYTES = 64
 
 
 class SecAggError(RuntimeError):
@@ -112,3 +116,29 @@ def digest(*parts: bytes) -> bytes:
     for p in parts:
         h.update(len(p).to_bytes(8, "big") + p)
     return h.digest()
+
+
+def sign(private: bytes, purpose: bytes, *parts: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) by a raw 32-byte private key over ``digest(purpose, *parts)``."""
+    return Ed25519PrivateKey.from_private_bytes(private).sign(digest(b"fedtune-sig|" + purpose, *parts))
+
+
+def verify(public: bytes, signature: bytes, purpose: bytes, *parts: bytes) -> bool:
+    """True iff ``signature`` is ``public``'s Ed25519 signature over the same purpose and parts."""
+    if len(public) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, digest(b"fedtune-sig|" + purpose, *parts))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def signing_public_key(private: bytes) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def commit(purpose: bytes, context: bytes, secret: bytes) -> bytes:
+    """A hash commitment to a uniformly random 32-byte secret (hiding because the secret is)."""
+    return digest(b"fedtune-commit|" + purpose, context, secret)

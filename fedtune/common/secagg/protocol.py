@@ -1,101 +1,73 @@
-"""SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020) as transport-free steps.
+"""SecAgg+ secure against an active coordinator (Bonawitz et al. 2017, malicious-server variant;
+Bell et al. 2020 for the sparse graph) as transport-free steps.
 
-Stages, for n sampled nodes with public per-round ``Setup`` (indices, neighbour graph, t):
-1. advertise   - each node sends two X25519 public keys: c (share encryption), s (pairwise masks);
-2. share keys  - each node Shamir-shares its self-mask seed b and its s private key among its
-                 neighbours (threshold t) and sends each neighbour its pair of shares encrypted
-                 with AES-GCM under KDF(c_i, c_j); the associated data binds the round, both
-                 indices and the hash of the global adapter the sender received;
-3. mask        - y_i = encode(w_i * x_i) + PRG(b_i) + sum_j ±PRG(KDF(s_i, s_j))  (mod 2^32),
-                 over the neighbours j whose shares reached i (+ if i < j, - otherwise);
-4. unmask      - for each neighbour that sent y, a node reveals its share of that neighbour's b;
-                 for each neighbour that dropped after stage 2, its share of that neighbour's s key.
-                 Never both for one neighbour. Decrypting a share whose associated data carries a
-                 different adapter hash fails, so inconsistent global models abort the round.
-The server sums the y it received, recovers the needed b and s secrets from >= t shares each,
-and removes the masks: it learns only the sum.  Transport (Flower messages) is the caller's job.
+Stages, node side (``ClientSession``), each refusing with SecAggError rather than leaking:
+0. advertise  - two fresh X25519 public keys (c: share encryption, s: pairwise masks), the node's
+                weight (<= the announced cap) and a commitment to its self-mask seed b, with the
+                round parameters, signed by the node's long-term Ed25519 key (``round.Advert``);
+1. share keys - the node checks *every* advert of the sampled set against its own pinned roster
+                (no substituted keys, no Sybils) and its own round parameters (one global adapter,
+                one clip bound, one weight cap for everyone), that the set holds at least its
+                ``min-peers``, and that the threshold and graph are the ones derived from the set
+                (t >= its ``min-threshold`` and a strict majority of its neighbours).  Then it
+                Shamir-shares b and its s private key among its neighbours, each pair of shares
+                AES-GCM-encrypted under KDF(c_i, c_j);
+2. mask       - y_i = encode(w_i x_i) + PRG(b_i) + sum_j ±PRG(KDF(s_i, s_j)) (mod 2^32);
+3. confirm    - the node signs (setup digest, survivor set) once per round; a second, different
+                survivor set is refused;
+4. unmask     - only with >= quorum roster-valid signatures on the *same* (setup, survivors) from
+                survivors: then all honest nodes reveal against one survivor set, so no node's b and
+                s are both revealed.  b-shares for surviving neighbours, s-shares for neighbours
+                that shared keys but sent no masked vector: derived by the node, not told.
+Coordinator side, ``unmask_sum``: sums the masked vectors and removes the masks; every recovered
+secret is checked (b against the signed commitment, s against the signed public key), and a bad
+share is attributed to the node that revealed it (``BadShares``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from fedtune.common.secagg.crypto import (
-    KEY_BYTES, KeyPair, SecAggError, agree, decrypt, digest, encrypt, prg_mask, public_key_of, recover_secret,
-    share_secret,
+    KEY_BYTES, KeyPair, SecAggError, agree, commit, decrypt, encrypt, prg_mask, public_key_of, recover_secret,
+    share_secret, sign, verify,
 )
-from fedtune.common.secagg.params import Encoding
+from fedtune.common.secagg.roster import Roster
+from fedtune.common.secagg.round import (
+    CONFIRM, Advert, RoundParams, Setup, adverts_from_config, adverts_to_config, as_bytes, as_bytes_list, as_ints,
+)
 
 _SHARE_FORMAT = ">HH32s32s"  # src index, dst index, share of b, share of the s private key
 _SHARE_BYTES = struct.calcsize(_SHARE_FORMAT)
+_MAX_SUBSETS = 5000  # attribution search bound (C(k, t) is small for the degrees we use)
+
+
+class BadShares(SecAggError):
+    """A recovered secret failed its check; ``culprits`` are the node indices to blame."""
+
+    def __init__(self, message: str, culprits: set[int]):
+        super().__init__(message)
+        self.culprits = culprits
 
 
 @dataclass(frozen=True)
-class Setup:
-    round_id: bytes  # unique per (run, round): binds keys, masks and ciphertexts to this round
-    neighbours: dict[int, list[int]]  # node index (1..n) -> neighbour indices
-    threshold: int
-    length: int  # uint32 words per masked vector
-    clip: float = 1.0  # encoding range: each node's delta has L2 norm <= clip ...
-    max_weight: float = 1.0  # ... and its weight is <= max_weight (checked at the node)
-
-    @property
-    def encoding(self) -> Encoding:
-        return Encoding(self.clip, self.max_weight, len(self.neighbours))
-
-    def _ad(self, src: int, dst: int, model_hash: bytes) -> bytes:
-        return digest(b"share", self.round_id, src.to_bytes(2, "big"), dst.to_bytes(2, "big"), model_hash)
-
-    def sign(self, i: int, j: int) -> int:
-        return 1 if i < j else -1
-
-    # -- as Flower ConfigRecord values (scalars, bytes, lists): no code-executing formats ---------
-    def to_config(self) -> dict:
-        nodes = sorted(self.neighbours)
-        return {
-            "round_id": self.round_id, "threshold": self.threshold, "length": self.length, "nodes": nodes,
-            "clip": float(self.clip), "max_weight": float(self.max_weight),
-            "degrees": [len(self.neighbours[i]) for i in nodes],
-            "neighbours": [j for i in nodes for j in self.neighbours[i]],
-        }
-
-    @classmethod
-    def from_config(cls, cfg) -> "Setup":
-        nodes, degrees, flat = as_ints(cfg["nodes"]), as_ints(cfg["degrees"]), as_ints(cfg["neighbours"])
-        if len(nodes) != len(degrees) or sum(degrees) != len(flat):
-            raise SecAggError("malformed neighbour graph")
-        graph, pos = {}, 0
-        for i, d in zip(nodes, degrees):
-            graph[i], pos = flat[pos:pos + d], pos + d
-        if any(j not in graph or j == i for i, js in graph.items() for j in js):
-            raise SecAggError("neighbour graph names unknown nodes")
-        clip, max_weight = float(cfg["clip"]), float(cfg["max_weight"])
-        if not (clip > 0 and max_weight > 0):
-            raise SecAggError("encoding bounds must be positive")
-        return cls(as_bytes(cfg["round_id"]), graph, int(cfg["threshold"]), int(cfg["length"]), clip, max_weight)
+class Trust:
+    """What a node brings from its own config: whom it believes, and the least it accepts."""
+    name: str
+    signing_key: bytes  # raw Ed25519 private key
+    roster: Roster  # name -> public key (key_of raises SecAggError for strangers)
+    min_peers: int = 3  # smallest survivor set (itself included) it hides in
+    min_threshold: int = 2  # smallest threshold it accepts
 
 
-# Checked readers of peer- or coordinator-supplied record values (both halves of the protocol use them).
-def as_ints(values) -> list[int]:
-    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise SecAggError("expected a list of integers")
-    return list(values)
-
-
-def as_bytes(value, size: int | None = None) -> bytes:
-    if not isinstance(value, bytes) or (size is not None and len(value) != size):
-        raise SecAggError("expected bytes" + (f" of length {size}" if size else ""))
-    return value
-
-
-def as_bytes_list(values, size: int | None = None) -> list[bytes]:
-    if not isinstance(values, list):
-        raise SecAggError("expected a list of bytes")
-    return [as_bytes(v, size) for v in values]
+def b_commitment(params: RoundParams, name: str, b_seed: bytes) -> bytes:
+    return commit(b"b-seed", params.round_id + name.encode(), b_seed)
 
 
 def _pair_mask(setup: Setup, my_private: bytes, peer_public: bytes) -> np.ndarray:
@@ -104,95 +76,130 @@ def _pair_mask(setup: Setup, my_private: bytes, peer_public: bytes) -> np.ndarra
 
 @dataclass
 class ClientSession:
-    """One node's secrets and view for one round (kept in the node's own state only)."""
+    """One node's secrets and view of one round (kept in the node's own state only)."""
 
-    setup: Setup
-    index: int
-    model_hash: bytes
+    trust: Trust
+    params: RoundParams
+    weight: float
     c_key: KeyPair = field(default_factory=KeyPair.generate)
     s_key: KeyPair = field(default_factory=KeyPair.generate)
     b_seed: bytes = field(default_factory=lambda: os.urandom(KEY_BYTES))
-    peer_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    setup: Setup | None = None
+    adverts: list[Advert] = field(default_factory=list)  # the sampled set, as this node checked it
     received: dict[int, bytes] = field(default_factory=dict)  # ciphertexts from neighbours
-    masked_with: list[int] = field(default_factory=list)
+    masked_with: list[int] | None = None
+    confirmed: list[int] | None = None
 
-    # -- node state between messages (Flower context.state); secrets never leave the node ---------
-    def to_config(self) -> dict:
-        peers = sorted(self.peer_keys)
-        received = sorted(self.received)
-        return {
-            "index": self.index, "model_hash": self.model_hash, "c_private": self.c_key.private,
-            "s_private": self.s_key.private, "b_seed": self.b_seed, "peers": peers,
-            "peer_c": [self.peer_keys[j][0] for j in peers], "peer_s": [self.peer_keys[j][1] for j in peers],
-            "received_from": received, "received": [self.received[j] for j in received],
-            "masked_with": list(self.masked_with),
-        }
+    @property
+    def index(self) -> int:
+        return self.require_setup().index_of(self.trust.name)
 
-    @classmethod
-    def from_config(cls, setup: Setup, cfg) -> "ClientSession":
-        c_private, s_private = as_bytes(cfg["c_private"], KEY_BYTES), as_bytes(cfg["s_private"], KEY_BYTES)
-        peers, received_from = as_ints(cfg["peers"]), as_ints(cfg["received_from"])
-        peer_c, peer_s = as_bytes_list(cfg["peer_c"], KEY_BYTES), as_bytes_list(cfg["peer_s"], KEY_BYTES)
-        received = as_bytes_list(cfg["received"])
-        if len(peer_c) != len(peers) or len(peer_s) != len(peers) or len(received) != len(received_from):
-            raise SecAggError("malformed SecAgg node state")
-        return cls(
-            setup, int(cfg["index"]), as_bytes(cfg["model_hash"]),
-            KeyPair(c_private, public_key_of(c_private)), KeyPair(s_private, public_key_of(s_private)),
-            as_bytes(cfg["b_seed"], KEY_BYTES), {j: (c, s) for j, c, s in zip(peers, peer_c, peer_s)},
-            dict(zip(received_from, received)), as_ints(cfg["masked_with"]),
-        )
+    def require_setup(self) -> Setup:
+        if self.setup is None:
+            raise SecAggError("stage out of order: this node has not shared keys in this round")
+        return self.setup
+
+    # stage 0
+    def advertise(self) -> Advert:
+        if not 0 < self.weight <= self.params.max_weight:
+            raise SecAggError(f"weight {self.weight:g} is outside (0, the round's cap {self.params.max_weight:g}]")
+        return Advert(self.trust.name, self.params, self.c_key.public, self.s_key.public, self.weight,
+                      b_commitment(self.params, self.trust.name, self.b_seed)).signed(self.trust.signing_key)
 
     # stage 1
-    def advertise(self) -> tuple[bytes, bytes]:
-        return self.c_key.public, self.s_key.public
-
-    # stage 2
-    def share_keys(self, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        mine = self.setup.neighbours[self.index]
-        live = [j for j in mine if j in public_keys]
-        if len(live) < self.setup.threshold:
-            raise SecAggError(f"only {len(live)} neighbours advertised keys; threshold is {self.setup.threshold}")
-        self.peer_keys = {j: public_keys[j] for j in live}
-        b_shares = share_secret(self.b_seed, self.setup.threshold, live)
-        s_shares = share_secret(self.s_key.private, self.setup.threshold, live)
+    def share_keys(self, adverts: list[Advert], threshold: int, graph) -> dict[int, bytes]:
+        if self.setup is not None:
+            raise SecAggError("asked to share keys twice in one round")
+        for advert in adverts:
+            advert.check(self.trust.roster, self.params)
+        mine = [a for a in adverts if a.name == self.trust.name]
+        ours = (self.c_key.public, self.s_key.public, self.weight, b_commitment(self.params, self.trust.name, self.b_seed))
+        if len(mine) != 1 or (mine[0].c_public, mine[0].s_public, mine[0].weight, mine[0].b_commit) != ours:
+            raise SecAggError("this node's own advert is missing from the round's sampled set or was replaced")
+        if len(adverts) < self.trust.min_peers:
+            raise SecAggError(f"only {len(adverts)} nodes in the round; this node takes part only with at least "
+                              f"{self.trust.min_peers} (node config min-peers)")
+        setup = Setup.derive(self.params, [a.name for a in adverts], threshold)
+        least = max(setup.degree // 2 + 1, self.trust.min_threshold)
+        if not least <= threshold <= setup.degree:
+            raise SecAggError(f"threshold {threshold} is below {least}: a strict majority of this node's "
+                              f"{setup.degree} neighbours and at least its min-threshold {self.trust.min_threshold}")
+        setup.check_graph(graph)
+        self.setup, self.adverts = setup, sorted(adverts, key=lambda a: a.name)
+        i, live = self.index, setup.neighbours[self.index]
+        b_shares = share_secret(self.b_seed, threshold, live)
+        s_shares = share_secret(self.s_key.private, threshold, live)
         out = {}
         for j in live:
-            key = agree(self.c_key.private, self.peer_keys[j][0], b"share", self.setup.round_id)
-            plain = struct.pack(_SHARE_FORMAT, self.index, j, b_shares[j], s_shares[j])
-            out[j] = encrypt(key, plain, self.setup._ad(self.index, j, self.model_hash))
+            key = agree(self.c_key.private, self._peer(j).c_public, b"share", setup.round_id)
+            out[j] = encrypt(key, struct.pack(_SHARE_FORMAT, i, j, b_shares[j], s_shares[j]), setup.share_ad(i, j))
         return out
 
-    # stage 3
+    def _peer(self, j: int) -> Advert:
+        return self.adverts[j - 1]
+
+    # stage 2
     def mask(self, ciphertexts: dict[int, bytes], encoded: np.ndarray) -> np.ndarray:
-        if encoded.dtype != np.uint32 or encoded.shape != (self.setup.length,):
-            raise SecAggError(f"expected {self.setup.length} uint32 words to mask, got {encoded.dtype} {encoded.shape}")
-        self.received = {j: ct for j, ct in ciphertexts.items() if j in self.peer_keys}
-        if len(self.received) < self.setup.threshold:
-            raise SecAggError(f"only {len(self.received)} neighbours shared keys; threshold is {self.setup.threshold}")
-        y = encoded + prg_mask(self.b_seed, self.setup.length)
+        setup = self.require_setup()
+        if self.masked_with is not None:
+            raise SecAggError("asked to mask twice in one round")
+        if encoded.dtype != np.uint32 or encoded.shape != (setup.length,):
+            raise SecAggError(f"expected {setup.length} uint32 words to mask, got {encoded.dtype} {encoded.shape}")
+        self.received = {j: ct for j, ct in ciphertexts.items() if j in setup.neighbours[self.index]}
+        if len(self.received) < setup.threshold:
+            raise SecAggError(f"only {len(self.received)} neighbours shared keys; threshold is {setup.threshold}")
+        y = encoded + prg_mask(self.b_seed, setup.length)
         for j in sorted(self.received):
-            pm = _pair_mask(self.setup, self.s_key.private, self.peer_keys[j][1])
-            y = y + pm if self.setup.sign(self.index, j) > 0 else y - pm
+            pm = _pair_mask(setup, self.s_key.private, self._peer(j).s_public)
+            y = y + pm if setup.sign_id(self.index, j) > 0 else y - pm
         self.masked_with = sorted(self.received)
         return y
 
+    # stage 3
+    def confirm(self, survivors: list[int]) -> bytes:
+        setup, survivors = self.require_setup(), sorted(set(survivors))
+        if self.masked_with is None:
+            raise SecAggError("asked to confirm survivors before this node masked its input")
+        if self.confirmed is not None and self.confirmed != survivors:
+            raise SecAggError("asked to confirm a second, different survivor set in one round: refusing")
+        self._check_survivors(setup, survivors)
+        self.confirmed = survivors
+        return sign(self.trust.signing_key, CONFIRM, *setup.confirmation(survivors))
+
+    def _check_survivors(self, setup: Setup, survivors: list[int]) -> None:
+        if not set(survivors) <= set(range(1, len(setup.names) + 1)) or self.index not in survivors:
+            raise SecAggError("the survivor set names unknown nodes or leaves this node out")
+        if len(survivors) < max(setup.quorum, self.trust.min_peers):
+            raise SecAggError(f"only {len(survivors)} survivors; this node reveals shares only with at least "
+                              f"{max(setup.quorum, self.trust.min_peers)} (quorum {setup.quorum}, min-peers "
+                              f"{self.trust.min_peers})")
+        stray = set(survivors) & set(setup.neighbours[self.index]) - set(self.masked_with or [])
+        if stray:
+            raise SecAggError(f"survivors {sorted(stray)} never shared keys with this node")
+
     # stage 4
-    def unmask(self, survivors: set[int], dropped: set[int]) -> dict[int, tuple[str, bytes]]:
-        if survivors & dropped:
-            raise SecAggError("the server asked for both secrets of the same node")
-        if self.index not in survivors:
-            raise SecAggError("this node is not listed among the survivors")
+    def unmask(self, signatures: dict[int, bytes]) -> dict[int, tuple[str, bytes]]:
+        setup, survivors = self.require_setup(), self.confirmed
+        if survivors is None:
+            raise SecAggError("asked to unmask before confirming the survivor set")
+        signed = {self.index}
+        for j, sig in signatures.items():
+            if j not in survivors:
+                raise SecAggError(f"a consistency signature from node {j}, which is not a survivor")
+            if not verify(self.trust.roster.key_of(setup.names[j - 1]), sig, CONFIRM, *setup.confirmation(survivors)):
+                raise SecAggError(f"'{setup.names[j - 1]}' signed a different view of the round (another survivor "
+                                  "set, adapter or round parameter) or its signature is forged: refusing to unmask")
+            signed.add(j)
+        if len(signed) < setup.quorum:
+            raise SecAggError(f"only {len(signed)} survivors confirmed this survivor set; {setup.quorum} must "
+                              "before this node reveals a share")
         out = {}
         for j, ct in self.received.items():
-            if j not in survivors and j not in dropped:
-                continue
-            key = agree(self.c_key.private, self.peer_keys[j][0], b"share", self.setup.round_id)
+            key = agree(self.c_key.private, self._peer(j).c_public, b"share", setup.round_id)
             try:
-                plain = decrypt(key, ct, self.setup._ad(j, self.index, self.model_hash))
+                plain = decrypt(key, ct, setup.share_ad(j, self.index))
             except SecAggError as exc:  # reveal nothing at all: the whole round must abort
-                raise SecAggError(f"key share from node {j}: {exc}; the nodes saw different global adapters "
-                                  "(or the share was altered), refusing to unmask") from exc
+                raise SecAggError(f"key share from node {j}: {exc}; refusing to unmask") from exc
             if len(plain) != _SHARE_BYTES:
                 raise SecAggError("malformed share")
             src, dst, b_share, s_share = struct.unpack(_SHARE_FORMAT, plain)
@@ -201,46 +208,102 @@ class ClientSession:
             out[j] = ("b", b_share) if j in survivors else ("s", s_share)
         return out
 
+    # -- node state between messages (Flower context.state); secrets never leave the node ---------
+    def to_config(self) -> dict:
+        cfg = {"params": self.params.pack(), "weight": float(self.weight), "c_private": self.c_key.private,
+               "s_private": self.s_key.private, "b_seed": self.b_seed}
+        if self.setup is not None:
+            received = sorted(self.received)
+            cfg.update(adverts_to_config(self.adverts), threshold=self.setup.threshold, received_from=received,
+                       received=[self.received[j] for j in received])
+        for key in ("masked_with", "confirmed"):
+            if getattr(self, key) is not None:
+                cfg[key] = list(getattr(self, key))
+        return cfg
+
+    @classmethod
+    def from_config(cls, trust: Trust, cfg) -> "ClientSession":
+        c_private, s_private = as_bytes(cfg["c_private"], KEY_BYTES), as_bytes(cfg["s_private"], KEY_BYTES)
+        params = RoundParams.unpack(cfg["params"])
+        session = cls(trust, params, float(cfg["weight"]), KeyPair(c_private, public_key_of(c_private)),
+                      KeyPair(s_private, public_key_of(s_private)), as_bytes(cfg["b_seed"], KEY_BYTES))
+        if "threshold" in cfg:
+            adverts = adverts_from_config(cfg)
+            received_from, received = as_ints(cfg["received_from"]), as_bytes_list(cfg["received"])
+            if len(received) != len(received_from):
+                raise SecAggError("malformed SecAgg node state")
+            session.setup = Setup.derive(params, [a.name for a in adverts], int(cfg["threshold"]))
+            session.adverts, session.received = sorted(adverts, key=lambda a: a.name), dict(zip(received_from, received))
+        session.masked_with = as_ints(cfg["masked_with"]) if "masked_with" in cfg else None
+        session.confirmed = as_ints(cfg["confirmed"]) if "confirmed" in cfg else None
+        return session
+
+
+def recover_checked(shares: dict[int, bytes], threshold: int, ok: Callable[[bytes], bool], what: str) -> bytes:
+    """Recover a secret and check it (``ok``); if it fails, find which revealed shares are bad.
+
+    With more than t shares a t-subset that passes identifies the polynomial; a share that changes
+    the result when swapped into that subset is bad.  No passing subset: the dealer itself dealt
+    bad shares, or too many revealers lied - raised as BadShares with what can be attributed."""
+    secret = recover_secret(shares, threshold)
+    if ok(secret):
+        return secret
+    ids = sorted(shares)
+    for n, subset in enumerate(itertools.combinations(ids, threshold)):
+        if n >= _MAX_SUBSETS:
+            break
+        good = recover_secret({i: shares[i] for i in subset}, threshold)
+        if ok(good):
+            bad = {x for x in ids if x not in subset
+                   and recover_secret({**{i: shares[i] for i in subset[1:]}, x: shares[x]}, threshold) != good}
+            raise BadShares(f"{what}: the shares revealed by node(s) {sorted(bad)} do not match its commitment", bad)
+    raise BadShares(f"{what}: no {threshold} of the revealed shares match its commitment (it dealt bad shares, "
+                    "or more revealers lied than can be told apart)", set())
+
 
 def unmask_sum(
     setup: Setup,
-    public_keys: dict[int, tuple[bytes, bytes]],
+    adverts: dict[int, Advert],
     shared: dict[int, set[int]],
     masked: dict[int, np.ndarray],
     reveals: dict[int, dict[int, tuple[str, bytes]]],
 ) -> np.ndarray:
-    """Server side: the uint32 sum of the survivors' encoded inputs.
+    """Coordinator side: the uint32 sum of the survivors' encoded inputs.
 
     ``shared[i]`` are the neighbours whose ciphertexts were forwarded to i (i masked with them);
     ``masked`` holds the survivors' y; ``reveals[j][i]`` is what survivor j revealed about i.
-    Raises SecAggError (nothing is released) if any needed secret has fewer than t shares.
-    """
+    Raises SecAggError (nothing is released) if a needed secret has fewer than t shares, BadShares
+    if a recovered secret fails its check."""
     survivors = set(masked)
-    total = np.zeros(setup.length, dtype=np.uint32)
-    for y in masked.values():
-        total = total + y
+    if len(survivors) < setup.quorum:
+        raise SecAggError(f"only {len(survivors)} masked vector(s) arrived; the nodes reveal shares only for a "
+                          f"survivor set of at least {setup.quorum}")
     by_target: dict[int, dict[int, bytes]] = {}
     for j, items in reveals.items():
         for i, (kind, share) in items.items():
-            expected = "b" if i in survivors else "s"
-            if kind != expected:
-                raise SecAggError(f"node {j} revealed the wrong secret of node {i}")
+            if kind != ("b" if i in survivors else "s"):
+                raise BadShares(f"node {j} revealed the wrong secret of node {i}", {j})
             by_target.setdefault(i, {})[j] = share
     dropped = {j for i in survivors for j in shared[i] if j not in survivors}
     for i in sorted(survivors | dropped):  # all-or-nothing: check every needed secret before recovering any
         if len(by_target.get(i, {})) < setup.threshold:
             raise SecAggError(f"too many dropouts: node {i}'s masks can only be removed with {setup.threshold} "
                               f"shares (the threshold) but {len(by_target.get(i, {}))} arrived")
-    for i in survivors:
-        b = recover_secret(by_target.get(i, {}), setup.threshold)
+    total = np.zeros(setup.length, dtype=np.uint32)
+    for y in masked.values():
+        total = total + y
+    for i in sorted(survivors):
+        name = setup.names[i - 1]
+        b = recover_checked(by_target[i], setup.threshold,
+                            lambda s, a=adverts[i]: b_commitment(setup.params, a.name, s) == a.b_commit,
+                            f"the self-mask seed of '{name}'")
         total = total - prg_mask(b, setup.length)
-    for j in dropped:
-        s_private = recover_secret(by_target.get(j, {}), setup.threshold)
-        if public_key_of(s_private) != public_keys[j][1]:
-            raise SecAggError(f"recovered mask key of node {j} does not match its advertised key")
+    for j in sorted(dropped):
+        s_private = recover_checked(by_target[j], setup.threshold,
+                                    lambda s, a=adverts[j]: public_key_of(s) == a.s_public,
+                                    f"the mask key of '{setup.names[j - 1]}'")
         for i in survivors:
             if j in shared[i]:
-                pm = _pair_mask(setup, s_private, public_keys[i][1])
-                # i added sign(i, j) * pm; remove it
-                total = total - pm if setup.sign(i, j) > 0 else total + pm
+                pm = _pair_mask(setup, s_private, adverts[i].s_public)
+                total = total - pm if setup.sign_id(i, j) > 0 else total + pm  # i added sign(i, j) * pm
     return total
