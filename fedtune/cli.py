@@ -1,5 +1,5 @@
 """``fedtune`` command line: simulate, generate, privacy show, data synthetic, certs,
-node-key, roster build, model prepare."""
+node-key, roster build, app hash, model prepare."""
 
 from __future__ import annotations
 
@@ -100,6 +100,18 @@ def _cmd_node_key(args: argparse.Namespace) -> int:
           f"signing key   {key.signing_key}   (stays on this node: signing-key = ... in its node config)\n"
           f"roster entry  {key.roster_entry}   (send it to the federation; every node pins the roster "
           "`fedtune roster build` makes of all entries)")
+    return 0
+
+
+def _cmd_app_hash(args: argparse.Namespace) -> int:
+    from fedtune.node.app_guard import app_hash
+
+    app_dir = Path(args.app_dir)
+    if not (app_dir / "pyproject.toml").is_file():
+        raise ConfigError(f"{app_dir} has no pyproject.toml: give the folder of the Flower app you reviewed "
+                          "(a clean checkout of the approved commit)")
+    print(app_hash(app_dir))
+    print(f"approve it on a node: approved-apps = \"<this hash>\" in its node-config.toml", file=sys.stderr)
     return 0
 
 
@@ -219,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     nk.add_argument("--name", required=True, help="this node's name, as in its node config's name = ...")
     nk.add_argument("--force", action="store_true", help="replace existing keys")
     nk.set_defaults(func=_cmd_node_key)
+
+    ap = sub.add_parser("app", help="the Flower app a node runs")
+    asub = ap.add_subparsers(dest="app_command", required=True)
+    ah = asub.add_parser("hash", help="the SHA-256 `flwr run APP_DIR` will send: what a node operator approves")
+    ah.add_argument("app_dir", help="the app folder (a clean checkout of the reviewed commit)")
+    ah.set_defaults(func=_cmd_app_hash)
 
     rs = sub.add_parser("roster", help="the federation's roster of node signing keys")
     rsub = rs.add_subparsers(dest="roster_command", required=True)

@@ -1,7 +1,9 @@
 """A real deployment on loopback: SuperLink + 3 SuperNodes as separate processes, TLS and node
-authentication on, started with the operator scripts in server/ and clients/; a run of the app
-(tiny model, DP and SecAgg+ on) submitted with `flwr run`; an unknown node refused; and a canary
-planted in one node's data found nowhere on the coordinator.  Run alone: pytest -m deployment.
+authentication on, started with the operator scripts in server/ and clients/, each node with its
+signing key, the pinned roster and this checkout's app hash approved; a run of the app (tiny
+model, DP and SecAgg+ on) submitted with `flwr run`; an unknown node refused; a canary planted in
+one node's data found nowhere on the coordinator; a modified app refused before any of its code
+runs on a node.  Run alone: pytest -m deployment.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def deployment(tmp_path_factory, tiny_model_dir):
         roster = base / "roster.toml"  # assembled from the admitted nodes' entries, pinned by each of them
         _run([sys.executable, "-m", "fedtune.cli", "roster", "build", "--out", str(roster),
               *[str(d / f"hospital-{i}.roster-entry") for i, d in enumerate(nodes[:NODES])]], env)
+        approved = _run([sys.executable, "-m", "fedtune.cli", "app", "hash", str(ROOT)], env).stdout.strip()
         for i, node_dir in enumerate(nodes):
             (node_dir / "ca.crt").write_bytes((coord / "certs" / "ca.crt").read_bytes())
             write_jsonl(records[60 * i: 60 * (i + 1)], node_dir / "records.jsonl")
@@ -129,6 +132,7 @@ def deployment(tmp_path_factory, tiny_model_dir):
                 f'name = "hospital-{i}"\ndata-path = "{node_dir / "records.jsonl"}"\n'
                 f'state-dir = "{node_dir / "state"}"\nmax-epsilon = 8.0\n'
                 f'signing-key = "{node_dir / "signing-key"}"\nroster = "{roster}"\n'
+                f'approved-apps = "{approved}"\n'  # this checkout, as `flwr run` will send it
                 'min-eval-records = 5\n')  # 6 held-out records each: a tiny test federation
             if i < NODES:
                 _run(["bash", ROOT / "server" / "admit-node.sh", node_dir / "node-key.pub", f"hospital-{i}"], env)
@@ -152,7 +156,7 @@ def deployment(tmp_path_factory, tiny_model_dir):
         submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", run_config], env=env,
                                 capture_output=True, text=True, timeout=900)
         yield {"base": base, "coord": coord, "results": results, "nodes": nodes, "rogue": rogue, "submit": submit,
-               "env": env, "coord_log": coord_log}
+               "env": env, "coord_log": coord_log, "approved": approved}
     finally:
         procs.stop_all()
         assert not procs.alive_groups(), "a started process (or one it spawned) survived"
@@ -225,3 +229,30 @@ def test_the_deployed_run_resumes_through_its_run_config_and_the_nodes_ledgers_s
         (ledger,) = (node / "state").rglob("privacy-ledger-*.json")
         saved = json.loads(ledger.read_text())
         assert [r["round"] for r in saved["rounds"]] == [1, 2, 3] and saved["epsilon"] <= 8.0
+
+
+def test_a_modified_app_is_refused_before_any_of_its_code_runs(deployment, tmp_path):
+    """The coordinator submits this app with one line added to the node's ClientApp module (code
+    that would leave a file on the node when imported): every node refuses it, by its hash."""
+    app, marker = tmp_path / "modified-app", tmp_path / "modified-clientapp-ran"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (app / rel).parent.mkdir(parents=True, exist_ok=True)
+            (app / rel).write_bytes((ROOT / rel).read_bytes())
+    client_app = app / "fedtune" / "node" / "client_app.py"
+    client_app.write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + client_app.read_text())
+    config = tmp_path / "run-config.toml"
+    config.write_text((deployment["base"] / "run-config.toml").read_text().replace(
+        str(deployment["results"]), str(tmp_path / "results")) + "federation.round-retries = 0\n")
+    submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", config],
+                            env={**deployment["env"], "FEDTUNE_REPO": str(app)}, capture_output=True, text=True,
+                            timeout=600)
+    assert not marker.exists(), "the modified ClientApp ran on a node"
+    metrics = read_metrics(tmp_path / "results" / "metrics.jsonl")
+    errors = [n.get("error", "") for m in metrics for n in m["nodes"].values()]
+    assert errors and all("is not approved by this node's operator" in e for e in errors), errors
+    assert all(m.get("aggregated", 0) == 0 for m in metrics), submit.stdout[-2000:]
+    for node in deployment["nodes"][:NODES]:
+        assert "REFUSED" in (node / "supernode.out").read_text()

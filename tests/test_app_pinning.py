@@ -1,0 +1,131 @@
+"""A node runs only the app its operator approved (``fedtune/node/app_guard.py``).
+
+The whole path through a real SuperLink and SuperNodes is in ``tests/test_deployment.py``
+(``test_a_modified_app_is_refused_before_any_of_its_code_runs``); here: the hash the operator
+approves is the one ``flwr run`` sends, the approved list fails closed, the guard imports nothing
+it guards, and the runner process re-checks the very bytes it installs (a fresh ``python -I``
+process with Flower's runner replaced by a stand-in that does what it does with the FAB).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.cli.build import build_fab_from_disk
+
+from fedtune.node import app_guard
+
+pytestmark = pytest.mark.adversarial
+
+CLIENT = '''import os
+open(os.environ["MARKER"], "w").write("ran")  # proof that this module's code executed
+from flwr.clientapp import ClientApp
+app = ClientApp()
+'''
+
+
+def _toy_app(folder: Path, client_code: str = CLIENT) -> Path:
+    (folder / "toy").mkdir(parents=True)
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "toy"\nversion = "1.0.0"\ndependencies = []\n'
+        '[tool.hatch.build.targets.wheel]\npackages = ["."]\n'
+        '[tool.flwr.app]\npublisher = "test"\n'
+        '[tool.flwr.app.components]\nserverapp = "toy.server:app"\nclientapp = "toy.client:app"\n')
+    (folder / "toy" / "__init__.py").write_text("")
+    (folder / "toy" / "server.py").write_text("from flwr.serverapp import ServerApp\napp = ServerApp()\n")
+    (folder / "toy" / "client.py").write_text(client_code)
+    return folder
+
+
+def test_the_approved_hash_is_the_one_flwr_run_sends_and_one_changed_line_changes_it(tmp_path):
+    app = _toy_app(tmp_path / "a")
+    assert app_guard.app_hash(app) == hashlib.sha256(build_fab_from_disk(app)).hexdigest()
+    assert app_guard.app_hash(app) == app_guard.app_hash(app)  # Flower writes fixed zip timestamps
+    modified = _toy_app(tmp_path / "b", CLIENT + "x = 1\n")
+    assert app_guard.app_hash(modified) != app_guard.app_hash(app)
+
+
+@pytest.mark.parametrize("line", [
+    None, 'approved-apps = ""', 'approved-apps = "not-a-hash"', 'approved-apps = 7', "= broken toml",
+    f'approved-apps = "{"a" * 64} {"b" * 63}"',  # one good hash does not save a bad entry
+])
+def test_the_approved_list_fails_closed(tmp_path, line):
+    config = tmp_path / "node-config.toml"
+    if line is not None:
+        config.write_text(f'name = "n"\n{line}\n')
+    assert app_guard.load_approved(config) == frozenset()
+
+
+def test_approved_apps_are_read_from_the_node_config(tmp_path):
+    config = tmp_path / "node-config.toml"
+    config.write_text(f'name = "n"\napproved-apps = "{"a" * 64}, {"B" * 64}"\n')
+    assert app_guard.load_approved(config) == {"a" * 64, "b" * 64}
+
+
+def test_the_guard_imports_only_flwr_and_the_standard_library():
+    """The runner must load the app's modules from the verified FAB: importing fedtune here would
+    put the node's installed copy in sys.modules first."""
+    tree = ast.parse(Path(app_guard.__file__).read_text())
+    roots = {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert roots - {"__future__"} <= set(sys.stdlib_module_names) | {"flwr"}, roots
+
+
+RUNNER = '''import hashlib, sys
+from pathlib import Path
+fab = Path(sys.argv[1]).read_bytes()
+sys.argv = ["app_guard.py", "_clientapp", *sys.argv[2:]]
+from flwr.supernode.runtime import run_clientapp as rc
+
+def stand_in(**_):  # what Flower's run_clientapp does with the FAB it pulled (install, then load)
+    rc.install_from_fab(fab, skip_prompt=True)
+    rc.get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)(
+        "test/toy", "1.0.0", hashlib.sha256(fab).hexdigest())
+    print("LOADED")
+
+rc.run_clientapp = stand_in
+sys.path.insert(0, sys.argv.pop())
+import app_guard
+try:
+    app_guard.main()
+except app_guard.AppNotApproved as exc:
+    print("REFUSED", exc)
+'''
+
+
+def _runner(tmp_path: Path, fab: bytes, approved: str, expected: str) -> tuple[str, bool]:
+    (tmp_path / "app.fab").write_bytes(fab)
+    (tmp_path / "node-config.toml").write_text(f'approved-apps = "{approved}"\n')
+    (tmp_path / "token").write_text("0" * 64)
+    marker = tmp_path / "marker"
+    res = subprocess.run(
+        [sys.executable, "-I", "-c", RUNNER, str(tmp_path / "app.fab"), "--runtime-api-address", "127.0.0.1:1",
+         "--token-file", str(tmp_path / "token"), "--node-config", str(tmp_path / "node-config.toml"),
+         "--expected-hash", expected, str(Path(app_guard.__file__).parent)],
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "MARKER": str(marker)},
+        capture_output=True, text=True, timeout=300)
+    out = [line for line in res.stdout.splitlines() if line.startswith(("LOADED", "REFUSED"))]
+    assert out, res.stderr[-2000:]
+    return out[-1], marker.exists()
+
+
+def test_the_runner_installs_and_loads_an_approved_app_from_the_verified_fab(tmp_path):
+    fab = build_fab_from_disk(_toy_app(tmp_path / "app"))
+    digest = hashlib.sha256(fab).hexdigest()
+    assert _runner(tmp_path, fab, digest, digest) == ("LOADED", True)
+
+
+def test_the_runner_refuses_bytes_other_than_the_approved_ones_before_any_code_runs(tmp_path):
+    approved = build_fab_from_disk(_toy_app(tmp_path / "approved"))
+    swapped = build_fab_from_disk(_toy_app(tmp_path / "swapped", CLIENT + "x = 1\n"))
+    good = hashlib.sha256(approved).hexdigest()
+    # the task was approved under the good hash, but the FAB the runner pulls is another one
+    verdict, ran = _runner(tmp_path, swapped, good, good)
+    assert verdict.startswith("REFUSED") and "not approved" in verdict and not ran
