@@ -41,14 +41,17 @@ def test_in_process_baselines_use_the_simulated_nodes_own_splits(bank_run, tiny_
 def test_comparison_has_every_setting_on_the_same_total_steps(bank_run):
     rows = json.loads((bank_run / "comparison.json").read_text())
     assert [(r["setting"], r["dp"]) for r in rows] == [
-        ("base model", None), ("local-only", True), ("local-only", False), ("federated", True),
-        ("federated", False), ("centralized", True), ("centralized", False)]
+        ("base model", None), ("local-only", True), ("local-only", False), ("local-only, all held-out", True),
+        ("local-only, all held-out", False), ("federated", True), ("federated", False), ("centralized", True),
+        ("centralized", False)]
     total = 2 * 3 * 3  # rounds x local-steps x nodes
     assert all(r["steps"] == total for r in rows[1:]) and rows[0]["steps"] == 0
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and r["macro_f1"] is not None and r["loss"] > 0
     eps = {(r["setting"], r["dp"]): r["epsilon"] for r in rows}
     assert all(0 < eps[(s, True)] <= 8.0 + 1e-6 for s in ("local-only", "federated", "centralized"))
+    # the all-held-out local rows score the same models on every node's records: the federated run's count
+    assert eps[("local-only, all held-out", True)] == eps[("local-only", True)]
     assert all(eps[(s, False)] is None for s in ("local-only", "federated", "centralized"))
     # the base-model row is the federated run's round 0 (same records, same initial adapter)
     first = read_metrics(bank_run / "metrics.jsonl")[0]

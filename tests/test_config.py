@@ -61,3 +61,18 @@ def test_preset_errors(tmp_path):
     few.write_text("[simulation]\nnodes = 2\n[federation]\nmin-nodes = 3\n")
     with pytest.raises(ConfigError, match="exceeds simulation.nodes"):
         load_preset(few)
+
+
+def test_new_learning_keys_are_validated_with_a_fix():
+    from fedtune.common.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="fedavgm' needs federation.server-momentum > 0"):
+        RunConfig.from_flat({"federation.strategy": "fedavgm"})
+    with pytest.raises(ConfigError, match="federation.strategy must be one of"):
+        RunConfig.from_flat({"federation.strategy": "scaffold"})
+    with pytest.raises(ConfigError, match="warmup-rounds=3 leaves no round"):
+        RunConfig.from_flat({"train.warmup-rounds": 3, "federation.rounds": 3})
+    with pytest.raises(ConfigError, match="data.list-labels must be one of auto, yes, no"):
+        RunConfig.from_flat({"data.list-labels": "maybe"})
+    cfg = RunConfig.from_flat({"federation.strategy": "fedyogi", "lora.freeze-a": True, "train.proximal-mu": 0.1})
+    assert cfg.federation.strategy == "fedyogi" and cfg.lora.freeze_a and cfg.train.proximal_mu == 0.1

@@ -150,9 +150,10 @@ def test_data_check_reports_five_defects_with_line_numbers_and_fails(tmp_path, c
     assert rc == 1
     for line in EXPECTED:
         assert f"  {line}\n" in out
-    assert "line 7: " in out and "the prompt will lose its first" in out and "[warning]" in out
-    assert "line 8: duplicate of line 1" in out
-    assert "records:  8 read, 3 usable, 5 with errors, 2 warnings" in out
+    assert "line 7: " in out and "the prompt will lose its first" in out and "cuts the instruction" in out
+    assert "raise model.max-length to at least" in out and "or set data.list-labels=no" in out
+    assert "line 8: duplicate of line 1" in out and "[warning]" in out
+    assert "records:  8 read, 3 usable, 6 with errors, 1 warnings" in out
     assert "labels:   2: fraud 2 (67%), loans 1 (33%)" in out
     assert "NOT OK" in out
 
@@ -185,10 +186,13 @@ def test_over_long_records_say_what_truncation_does(tmp_path, smol_tokenizer):
                                          {"prompt": "hi", "completion": "word " * 100}, {"prompt": "hi", "completion": "ok"}])
     enc = PromptEncoder(smol_tokenizer, 64)
     report = check_file(path, RecordSpec(), enc)
-    warnings = {p.where: p.message for p in report.data.problems}
-    assert "the prompt will lose its first" in warnings["line 1"]
-    assert "the answer will be cut to 63 of its" in warnings["line 2"]
-    assert "line 3" not in warnings and report.ok
+    problems = {p.where: p for p in report.data.problems}
+    assert "the prompt will lose its first" in problems["line 1"].message
+    assert "the answer will be cut to 63 of its" in problems["line 2"].message
+    # a prompt-completion prompt starts with its instruction: cutting it is an error, with the fix
+    assert all(problems[w].severity == "error" and "raise model.max-length to at least" in problems[w].message
+               for w in ("line 1", "line 2"))
+    assert "line 3" not in problems and not report.ok and report.cut == 2
     # ... and the encoder does exactly that
     first = enc.encode(report.data.examples[0])
     assert first.truncated and len(first.prompt_ids) + len(first.target_ids) == 64
@@ -235,3 +239,21 @@ def test_bad_records_of_each_format_are_named_with_their_line(tmp_path, fmt, rec
     assert [str(p) for p in data.errors] == [f"line 2: {expected}"] and len(data.examples) == 1
     with pytest.raises(DataError, match="1 bad record"):
         load_examples(tmp_path / "x.jsonl", RecordSpec(format=fmt))
+
+
+def test_many_labels_that_crowd_out_the_text_are_an_error_that_names_the_fix(tmp_path, smol_tokenizer):
+    """77 intents listed in the prompt take most of model.max-length: data check must not say OK, and must
+    name the settings that fix it; with the labels not listed the same file fits and is OK."""
+    labels = [f"intent_number_{i}_of_the_bank" for i in range(77)]
+    path = _csv(tmp_path / "intents.csv", ["text", "label"],
+                [[f"customer message {i} about something", labels[i % 77]] for i in range(154)])
+    enc = PromptEncoder(smol_tokenizer, 256)
+    listed = check_file(path, RecordSpec(format="classification", list_labels="yes"), enc)
+    assert not listed.ok and listed.cut == 154
+    text = listed.render(RecordSpec(format="classification"))
+    assert "NOT OK" in text and "or set data.list-labels=no" in text and "raise model.max-length to at least" in text
+    auto = check_file(path, RecordSpec(format="classification"), enc)  # auto: a 2,000-character list is not listed
+    assert auto.ok and auto.cut == 0 and max(auto.lengths) < 64
+    assert "Reply with its label." in auto.data.examples[0].messages[0]["content"]
+    short = check_file(path, RecordSpec(format="classification", labels=tuple(labels[:5])), enc)
+    assert "exactly one of: intent_number_0_of_the_bank" in short.data.examples[0].messages[0]["content"] or not short.ok

@@ -30,6 +30,9 @@ LABELS = ["cardiology", "neurology", "oncology"]
         ("  theory  ", "theory"),  # "the" only as a whole word
         ("«Héllo»—world!", "hélloworld"),  # Unicode P* (Pi, Pf, Pd, Po) deleted, accents kept
         ("", ""),
+        ("A", "a"),  # an answer that is only an article keeps it (multiple-choice labels)
+        ("(B).", "b"),
+        ("An", "an"),
     ],
 )
 def test_normalize_answer(text, expected):
@@ -41,6 +44,16 @@ def test_exact_match():
     assert exact_match("  NEUROLOGY ", "neurology.")
     assert not exact_match("cardiology", "neurology")
     assert not exact_match("cardiology unit", "cardiology")
+
+
+def test_multiple_choice_labels_a_to_d_are_scored_as_distinct_labels():
+    """Stripping articles used to turn the label "A" into "", so "A" matched nothing and an empty answer
+    matched "A"."""
+    labels = ["A", "B", "C", "D"]
+    assert match_label("A", labels) == "A" and match_label("a.", labels) == "A" and match_label("", labels) is None
+    assert not exact_match("", "A") and exact_match("(A)", "A") and not exact_match("A", "B")
+    counts = LabelCounts.from_predictions(["A", "B", "A", "D"], ["A", "B", "", "C"], labels)
+    assert counts.tp == [1, 1, 0, 0] and counts.fn == [1, 0, 0, 1] and counts.fp == [0, 0, 1, 0]
 
 
 # --- ROUGE-L ---------------------------------------------------------------------------
@@ -63,7 +76,8 @@ def test_rouge_l_different_lengths():
 
 def test_rouge_l_edge_cases():
     assert rouge_l("", "") == 1.0
-    assert rouge_l("the", "a.") == 1.0  # both normalize to empty
+    assert rouge_l("!", "...") == 1.0  # both normalize to empty
+    assert rouge_l("the", "a.") == 0.0  # an answer that is only an article keeps it
     assert rouge_l("", "cardiology") == 0.0
     assert rouge_l("cardiology", "") == 0.0
     assert rouge_l("cardiology", "neurology") == 0.0  # LCS = 0

@@ -334,3 +334,25 @@ def test_a_node_with_bad_records_refuses_its_file_with_the_data_check_lines_and_
     error = nodes[str(broken)]["error"]
     assert nodes[str(broken)]["status"] == "error" and all(line in error for line in expected)
     assert any(all(line in r.getMessage() for line in expected) for r in caplog.records)  # the node's log
+
+
+def test_ffa_lora_round_under_secagg_sends_and_sums_only_b_and_fedadam_leaves_a_untouched(run_config, tmp_path):
+    """lora.freeze-a + federation.strategy = fedadam through real rounds: every node's masked input is the size
+    of the B matrices only (half the upload and the noised values at r x (in + out) per module), the secure sum
+    covers exactly those, and the new global adapter keeps every A bit for bit."""
+    cfg = RunConfig.from_flat({**run_config, "lora.freeze-a": True, "federation.strategy": "fedadam",
+                               "federation.server-lr": 0.01})
+    grid = LoopbackGrid(4, cfg.to_flat())
+    coord = Coordinator(grid, cfg, run_id=7)
+    sizes = []
+    grid.observe = lambda mtype, nid, reply, context: sizes.append(context.state["secagg.input"]["delta"].numpy().size) \
+        if mtype == "train" and not reply.has_error() and "secagg.input" in context.state else None
+    before = dict(coord.global_arrays)
+    summary = coord.train(1, {})
+    assert summary["aggregated"] == 4 and summary["aggregation"] == "fedadam"
+    b_size = sum(a.size for n, a in before.items() if "lora_B" in n)
+    assert sizes == [b_size] * 4 and b_size < sum(a.size for a in before.values())
+    after = coord.global_arrays
+    assert all(np.array_equal(after[n], before[n]) for n in before if "lora_A" in n)
+    assert any(not np.array_equal(after[n], before[n]) for n in before if "lora_B" in n)
+    assert set(coord.strategy.state_arrays()) == {f"{p}/{n}" for p in ("m", "v") for n in before if "lora_B" in n}

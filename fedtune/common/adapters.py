@@ -24,12 +24,27 @@ class AdapterMismatch(ValueError):
 
 
 def adapter_parameters(model) -> "OrderedDict[str, torch.nn.Parameter]":
-    """The trainable (LoRA) parameters, in module order. Base weights are frozen and excluded."""
-    params = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    leaked = [n for n in params if "lora_" not in n]
+    """Every LoRA parameter (A and B, trained or frozen), in module order: the adapter the global
+    model is made of.  Base weights are frozen and excluded; a trainable non-LoRA weight is refused."""
+    leaked = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
     if leaked:
         raise AdapterMismatch(f"non-LoRA parameters are trainable and would be sent: {leaked[:3]}")
-    return params
+    return OrderedDict((n, p) for n, p in model.named_parameters() if "lora_" in n)
+
+
+def trainable_parameters(model) -> "OrderedDict[str, torch.nn.Parameter]":
+    """The LoRA parameters local training updates (all of them, or only B under FFA-LoRA)."""
+    return OrderedDict((n, p) for n, p in adapter_parameters(model).items() if p.requires_grad)
+
+
+def trained_names(arrays: Mapping[str, object], freeze_a: bool) -> list[str]:
+    """Names of the adapter tensors a round trains and aggregates: all, or only the B matrices
+    (FFA-LoRA: every A stays at the shared start, so the sum of B deltas is exactly the sum of B·A)."""
+    return [n for n in arrays if not (freeze_a and "lora_A" in n)]
+
+
+def trained_part(arrays: Mapping[str, np.ndarray], freeze_a: bool) -> "OrderedDict[str, np.ndarray]":
+    return OrderedDict((n, arrays[n]) for n in trained_names(arrays, freeze_a))
 
 
 def get_adapter_arrays(model) -> "OrderedDict[str, np.ndarray]":
@@ -84,9 +99,10 @@ def set_adapter_arrays(model, arrays: Mapping[str, np.ndarray]) -> None:
             p.copy_(torch.from_numpy(np.asarray(arrays[name])).to(p.dtype))
 
 
-def delta(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
-    """local - base, per tensor (what a node sends)."""
-    return OrderedDict((n, (local[n] - base[n]).astype(np.float32)) for n in base)
+def delta(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
+          names: list[str] | None = None) -> "OrderedDict[str, np.ndarray]":
+    """local - base, per tensor of ``names`` (default: all of ``base``): what a node sends."""
+    return OrderedDict((n, (local[n] - base[n]).astype(np.float32)) for n in (base if names is None else names))
 
 
 def apply_delta(base: Mapping[str, np.ndarray], d: Mapping[str, np.ndarray], scale: float = 1.0):

@@ -77,6 +77,9 @@ class LoraConfigSection:
         "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
         _non_empty,
     )
+    freeze_a: bool = _opt(
+        False, "FFA-LoRA (Sun et al., ICLR'24): keep every LoRA A at its shared seeded start and train only B, so "
+        "averaging the B deltas is exactly averaging the adapters' B·A, and DP noise and uploads cover half the values")
 
     @property
     def modules(self) -> list[str]:
@@ -104,7 +107,11 @@ class DataConfig:
         "labels found in a simulation's data; deployed nodes need it set so every node prompts alike")
     instruction: str = _opt(
         "", "classification: the instruction before the text; empty = 'Classify the text. Reply with exactly one "
-        "of: <labels>.'")
+        "of: <labels>.' (or, when the labels are not listed, 'Classify the text. Reply with its label.')")
+    list_labels: str = _opt(
+        "auto", "classification: list the allowed labels in the prompt? auto = only while that list is at most "
+        "400 characters (about 100 tokens); 'no' trains text -> label (evaluation scores every label anyway)",
+        _one_of("auto", "yes", "no"))
     messages_field: str = _opt("messages", "chat: the field holding the list of {role, content} turns", _non_empty)
     prompt_field: str = _opt("prompt", "prompt-completion: the prompt field", _non_empty)
     completion_field: str = _opt("completion", "prompt-completion: the completion field", _non_empty)
@@ -137,8 +144,21 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "AdamW weight decay", _non_negative)
     eval_batch_size: int = _opt(32, "records per evaluation forward pass", _positive)
     eval_max_new_tokens: int = _opt(
-        64, "evaluation: most tokens generated per answer (also stops 8 tokens past the longest reference)",
+        64, "evaluation of free-text answers: most tokens generated per answer (stops earlier at end-of-turn)",
         _positive)
+    eval_method: str = _opt(
+        "auto", "how held-out answers are predicted: 'labels' = the allowed label with the highest likelihood "
+        "(one shared prompt pass per record, always a valid label), 'generate' = greedy generation; auto = labels "
+        "where the task has a label set", _one_of("auto", "labels", "generate"))
+    lr_schedule: str = _opt(
+        "constant", "node learning rate across rounds: constant, or cosine decay from train.lr over the planned "
+        "rounds (after any warm-up)", _one_of("constant", "cosine"))
+    warmup_rounds: int = _opt(0, "rounds over which the node learning rate ramps up linearly to train.lr",
+                              _non_negative)
+    proximal_mu: float = _opt(
+        0.0, "FedProx μ: after each local step the adapter is pulled toward the round's global adapter by "
+        "lr·μ·(w − w_global) (decoupled, like AdamW's weight decay; data-independent, so DP is unaffected)",
+        _non_negative)
     seed: int = _opt(0, "seed of adapter initialisation and batch sampling")
 
 
@@ -147,10 +167,21 @@ class FederationConfig:
     rounds: int = _opt(3, "number of federated rounds", _positive)
     min_nodes: int = _opt(2, "minimum nodes that must be connected (and reply) for a round", _positive)
     fraction_train: float = _opt(1.0, "fraction of connected nodes sampled to train each round", _fraction)
-    server_lr: float = _opt(1.0, "server step size applied to the averaged delta (1.0 = FedAvg)", _positive)
+    strategy: str = _opt(
+        "fedavg", "server optimiser over the averaged delta: fedavg (with server-momentum > 0: FedAvgM), fedavgm, "
+        "or the adaptive fedadam / fedyogi / fedadagrad of Reddi et al. (2021)",
+        _one_of("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"))
+    server_lr: float = _opt(
+        1.0, "server step size η applied to the averaged delta (1.0 = FedAvg; the adaptive strategies move each "
+        "value by about η per round, so use e.g. 0.01 with them)", _positive)
     server_momentum: float = _opt(
-        0.0, "server momentum on the averaged delta (0 = FedAvg, e.g. 0.9 = FedAvgM)",
+        0.0, "fedavg/fedavgm: server momentum on the averaged delta (0 = FedAvg, e.g. 0.9 = FedAvgM)",
         lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    server_beta1: float = _opt(0.9, "fedadam/fedyogi/fedadagrad: β1 of the first-moment average",
+                               lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    server_beta2: float = _opt(0.99, "fedadam/fedyogi: β2 of the second-moment average", _open_fraction)
+    server_tau: float = _opt(1e-3, "fedadam/fedyogi/fedadagrad: τ, the adaptivity floor added to sqrt(v)",
+                             _positive)
     round_retries: int = _opt(
         2, "times a round with fewer than min-nodes usable updates (node errors, timeouts, aborted secure "
         "aggregation, a rejected aggregate) is retried before the run stops at its last checkpoint", _non_negative)
@@ -269,6 +300,11 @@ class RunConfig:
             raise ConfigError("output.resume needs output.dir: the results folder whose checkpoint.safetensors to continue")
         if self.data.partition == "group" and not self.data.group_column:
             raise ConfigError("data.partition = 'group' needs data.group-column: the column naming each record's group")
+        if self.federation.strategy == "fedavgm" and self.federation.server_momentum == 0:
+            raise ConfigError("federation.strategy = 'fedavgm' needs federation.server-momentum > 0 (e.g. 0.9)")
+        if self.train.warmup_rounds >= self.federation.rounds and self.train.warmup_rounds:
+            raise ConfigError(f"train.warmup-rounds={self.train.warmup_rounds} leaves no round at the full learning "
+                              f"rate of a {self.federation.rounds}-round run; use fewer warm-up rounds")
         if not self.lora.modules:
             raise ConfigError("lora.target-modules lists no module names; e.g. 'q_proj,v_proj'")
         p = self.privacy
@@ -356,6 +392,8 @@ def _absolute_paths(flat: dict[str, Any], base: Path) -> None:
         value = flat.get(key)
         if not isinstance(value, str) or not value or value == "synthetic-triage" or Path(value).is_absolute():
             continue
+        if "\0" in value:
+            raise ConfigError(f"{key} = {value!r} contains a NUL character: it cannot be a file path or model name")
         candidate = (base / value).expanduser()
         if key != "model.name" or candidate.exists():
             flat[key] = str(candidate.resolve())

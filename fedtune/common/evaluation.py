@@ -1,13 +1,14 @@
-"""Held-out evaluation: loss and perplexity of the reference answers, and metrics of the answers
-the model really generates (greedy): normalised exact match, ROUGE-L and, where the task has a
-label set, per-label counts for macro-F1.
+"""Held-out evaluation: loss and perplexity of the reference answers, and metrics of the model's
+answers: normalised exact match, ROUGE-L and, where the task has a label set, per-label counts
+for macro-F1.  A labelled task's answer is the likeliest allowed label (``label_scoring``: always
+valid, one pass per batch of records); a free-text answer is generated greedily.
 
 Node results travel as flat metrics (``EvalResult.to_metrics``) and are pooled by
 ``combine_metrics``, the one function the server, the baselines and the central evaluation use:
 accuracy/ROUGE-L/loss are averaged weighted by records, perplexity comes from the summed token
 log-likelihoods, macro-F1 from the summed per-label counts (i.e. of the pooled predictions).
 
-Generation is only run where it is needed: the teacher-forced pass that gives the loss also
+For free text, generation is only run where it is needed: the teacher-forced pass that gives the loss also
 shows, per record, whether the argmax at every reference position (answer + end-of-turn) is the
 reference token; greedy decoding of such a record emits exactly the reference and stops, so its
 answer is known without generating.  The other records are generated (batched, KV cache).
@@ -21,12 +22,10 @@ from typing import Mapping, Sequence
 import torch
 
 from fedtune.common.data.prompts import Encoded, PromptEncoder
+from fedtune.common.label_scoring import label_log_likelihoods, label_targets, records_per_pass
 from fedtune.common.metrics import LabelCounts, exact_match, match_label, perplexity, rouge_l
 from fedtune.common.model import autocast, device
 from fedtune.common.objective import per_sample_forward
-
-GENERATION_SLACK = 8  # tokens generated beyond the longest reference of a batch
-
 
 @dataclass
 class EvalResult:
@@ -97,15 +96,73 @@ def generate_answers(model, encoder: PromptEncoder, prompts: Sequence[Sequence[i
     return answers
 
 
+@dataclass
+class _Scored:
+    """Per-record loss (mean over the reference's tokens), summed NLL, token count, prediction."""
+
+    losses: list[float]
+    nll: float
+    tokens: int
+    predictions: list[str]
+
+
+def use_label_scoring(method: str, labels: Sequence[str], gold: Sequence[str | None]) -> bool:
+    """``labels`` = score labels (refused unless every reference is one); ``auto`` = where that is possible."""
+    possible = bool(labels) and all(g is not None for g in gold)
+    if method == "labels" and not possible:
+        raise ValueError("train.eval-method = 'labels' needs a label set and every held-out answer to be one of "
+                         "its labels; use eval-method = 'generate' (or 'auto') for free-text answers")
+    return possible and method != "generate"
+
+
 @torch.no_grad()
 def evaluate(model, encoder: PromptEncoder, data: Sequence[Encoded], batch_size: int, precision: str,
-             labels: Sequence[str] = (), max_new_tokens: int = 64) -> EvalResult:
+             labels: Sequence[str] = (), max_new_tokens: int = 64, method: str = "auto") -> EvalResult:
     if not data:
         raise ValueError("no evaluation records")
     model.eval()
-    loss_sum, nll, tokens = 0.0, 0.0, 0
-    predictions: list[str] = [""] * len(data)
     references = [encoder.tok.decode(e.target_ids, skip_special_tokens=True).strip() for e in data]
+    gold = [match_label(r, labels) for r in references] if labels else []
+    if use_label_scoring(method, labels, gold):
+        scored = _score_labels(model, encoder, data, [list(labels).index(g) for g in gold], labels, batch_size,
+                               precision)
+    else:
+        scored = _teacher_forced_and_generated(model, encoder, data, references, batch_size, precision,
+                                               max_new_tokens)
+    predictions = scored.predictions
+    label_counts = (LabelCounts.from_predictions(gold, predictions, list(labels))
+                    if labels and all(g is not None for g in gold) else None)
+    return EvalResult(
+        examples=len(data), loss=sum(scored.losses) / len(data), token_nll=scored.nll, tokens=scored.tokens,
+        accuracy=sum(exact_match(p, r) for p, r in zip(predictions, references)) / len(data),
+        rouge_l=sum(rouge_l(p, r) for p, r in zip(predictions, references)) / len(data),
+        label_counts=label_counts, predictions=predictions,
+    )
+
+
+def _score_labels(model, encoder, data, gold: Sequence[int], labels: Sequence[str], batch_size: int,
+                  precision: str) -> _Scored:
+    """Every label's likelihood per record; the prediction is the likeliest, the loss is the gold label's."""
+    targets = label_targets(encoder, labels)
+    out = _Scored([], 0.0, 0, [])
+    step = records_per_pass(targets, batch_size)
+    for start in range(0, len(data), step):
+        scores = label_log_likelihoods(model, encoder, [e.prompt_ids for e in data[start:start + step]], targets,
+                                       precision)
+        for row, g in zip(scores, gold[start:start + step]):
+            n = len(targets[g])
+            out.losses.append(-float(row[g]) / n)
+            out.nll -= float(row[g])
+            out.tokens += n
+            out.predictions.append(labels[int(row.argmax())])
+    return out
+
+
+def _teacher_forced_and_generated(model, encoder, data, references, batch_size, precision,
+                                  max_new_tokens) -> _Scored:
+    """Loss from one teacher-forced pass; answers generated greedily for the records it does not settle."""
+    losses, nll, tokens = [0.0] * len(data), 0.0, 0
+    predictions: list[str] = [""] * len(data)
     # Sort by length so batches pad little; the result does not depend on the order.
     order = sorted(range(len(data)), key=lambda i: len(data[i].prompt_ids) + len(data[i].target_ids))
     for start in range(0, len(order), batch_size):
@@ -113,28 +170,20 @@ def evaluate(model, encoder: PromptEncoder, data: Sequence[Encoded], batch_size:
         items = [data[i] for i in idx]
         batch = encoder.collate(items).to(device())
         fwd = per_sample_forward(model, batch, precision)
-        losses, counts = fwd.losses, batch.target_mask.sum(1)
-        loss_sum += losses.sum().item()
-        nll += (losses * counts).sum().item()
+        counts = batch.target_mask.sum(1)
+        for i, loss in zip(idx, fwd.losses.tolist()):
+            losses[i] = loss
+        nll += (fwd.losses * counts).sum().item()
         tokens += int(counts.sum().item())
         known = fwd.greedy_match.tolist()
-        for i in (i for i, k in zip(idx, known) if k):
+        for i in (i for i, k in zip(idx, known) if k):  # greedy decoding would emit exactly the reference
             predictions[i] = references[i]
         todo = [(i, e) for i, e, k in zip(idx, items, known) if not k]
-        if todo:
-            budget = min(max_new_tokens, max(len(e.target_ids) for _, e in todo) + GENERATION_SLACK)
-            answers = generate_answers(model, encoder, [e.prompt_ids for _, e in todo], budget, precision)
+        if todo:  # the budget is the configured one: never a function of the (held-out) references
+            answers = generate_answers(model, encoder, [e.prompt_ids for _, e in todo], max_new_tokens, precision)
             for (i, _), answer in zip(todo, answers):
                 predictions[i] = answer
-    gold = [match_label(r, labels) for r in references] if labels else []
-    label_counts = (LabelCounts.from_predictions(gold, predictions, list(labels))
-                    if labels and all(g is not None for g in gold) else None)
-    return EvalResult(
-        examples=len(data), loss=loss_sum / len(data), token_nll=nll, tokens=tokens,
-        accuracy=sum(exact_match(p, r) for p, r in zip(predictions, references)) / len(data),
-        rouge_l=sum(rouge_l(p, r) for p, r in zip(predictions, references)) / len(data),
-        label_counts=label_counts, predictions=predictions,
-    )
+    return _Scored(losses, nll, tokens, predictions)
 
 
 def generate(model, encoder: PromptEncoder, messages: Sequence[dict], max_new_tokens: int = 64) -> str:

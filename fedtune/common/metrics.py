@@ -1,7 +1,8 @@
 """Text evaluation metrics for generated answers (pure Python, no torch).
 
 * ``normalize_answer`` (SQuAD-style): NFKC, lowercase, delete Unicode punctuation (``P*``),
-  drop whole-word a/an/the, collapse whitespace.  Every metric compares normalized texts.
+  drop whole-word a/an/the (unless nothing else is left: a label "A" stays "a"),
+  collapse whitespace.  Every metric compares normalized texts.
 * ``rouge_l``: ROUGE-L F1 (beta = 1) on whitespace tokens; with L the longest common
   subsequence, P = L/len(pred), R = L/len(ref), F1 = 2PR/(P+R).
 * ``LabelCounts``: per-label tp/fp/fn for classification-as-generation.  A prediction matching
@@ -26,8 +27,9 @@ def normalize_answer(text: str) -> str:
     """Canonical form so that case, punctuation, articles and spacing do not count as errors."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+    kept = " ".join(_ARTICLES.sub(" ", text).split())
+    # An answer that is only an article (labels "A", "An" of a multiple-choice task) keeps it: "A" != "".
+    return kept or " ".join(text.split())
 
 
 def exact_match(prediction: str, reference: str) -> bool:

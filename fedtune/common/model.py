@@ -152,7 +152,12 @@ def add_lora(model, cfg: LoraConfigSection, seed: int):
         torch.manual_seed(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return get_peft_model(model, lora)
+            peft_model = get_peft_model(model, lora)
+    if cfg.freeze_a:  # FFA-LoRA: A stays at this seeded start everywhere (it travels with the global adapter)
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)
+    return peft_model
 
 
 def device() -> torch.device:

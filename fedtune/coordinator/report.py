@@ -72,12 +72,14 @@ def _aggregation(r: dict) -> str:
     how = r.get("aggregation", "")
     if how == "aborted":
         return f"aborted: {str(r.get('secagg_error', ''))[:80]}"
-    if how != "fedavg":
+    if not r.get("aggregated"):  # skipped / rejected
         return how
     dropped, retries = len(r.get("dropped_nodes", [])), len(r.get("retries", []))
     notes = [f"{dropped} dropped"] * bool(dropped) + [f"after {retries} failed attempt(s)"] * bool(retries)
     how = f"SecAgg+ of {r.get('aggregated', 0)}" if r.get("secure_aggregation") else \
         f"in the clear, {r.get('aggregated', 0)} nodes"
+    strategy = r.get("aggregation", "fedavg")
+    notes = ([strategy] if strategy != "fedavg" else []) + notes
     return how + (f" ({', '.join(notes)})" if notes else "")
 
 

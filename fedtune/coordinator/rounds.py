@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedtune.common.adapters import AdapterMismatch, adapter_hash, check_arrays, unflatten
+from fedtune.common.adapters import AdapterMismatch, adapter_hash, check_arrays, trained_part, unflatten
 from fedtune.common.config import RunConfig
 from fedtune.common.data import DEPARTMENTS, SYNTHETIC_TRIAGE, RecordSpec, load_data_file
 from fedtune.common.data.synthetic import INSTRUCTION as TRIAGE_INSTRUCTION
@@ -31,7 +31,7 @@ from fedtune.common.secagg.params import clip_bound
 from fedtune.common.secagg.round import Advert, RoundParams, round_id
 from fedtune.coordinator.grid import exchange, reply_bytes
 from fedtune.coordinator.secagg import SecAggServer
-from fedtune.coordinator.strategy import BadAggregate, FedAvg, weighted_sum
+from fedtune.coordinator.strategy import BadAggregate, make_strategy, weighted_sum
 
 
 def _weighted(nodes: dict, key: str, weight: str) -> float | None:
@@ -65,10 +65,14 @@ class Coordinator:
         # The coordinator's own model (central evaluation, export): never a node's instance.
         self.models, self.spec = ModelCache(capacity=1), ModelSpec.of(cfg)
         self.global_arrays = self.models.initial_adapter(self.spec)
-        self.strategy = FedAvg(cfg.federation.server_lr, cfg.federation.server_momentum)
+        self.strategy = make_strategy(cfg.federation)
         self.central = central_eval_data(cfg, self.models.encoder(self.spec)) if cfg.data.eval_file else None
         self.exhausted: set[int] = set()  # nodes that declined for lack of privacy budget: not asked again
         self.names: dict[str, str] = {}  # node id -> the name it reported (error replies carry none)
+
+    def trained(self) -> "OrderedDict[str, np.ndarray]":
+        """The part of the global adapter a round trains and aggregates (only B under lora.freeze-a)."""
+        return trained_part(self.global_arrays, self.cfg.lora.freeze_a)
 
     def global_model(self):
         """(model, encoder) holding the current global adapter."""
@@ -136,7 +140,7 @@ class Coordinator:
         cfg, (encoded, labels) = self.cfg, self.central
         model, encoder = self.global_model()
         result = evaluate(model, encoder, encoded, cfg.train.eval_batch_size, cfg.model.precision, labels,
-                          cfg.train.eval_max_new_tokens)
+                          cfg.train.eval_max_new_tokens, cfg.train.eval_method)
         metrics = combine_metrics([result.to_metrics("central_")], "central_")
         log(INFO, "[round %d] central eval: accuracy %.1f%% loss %.3f (%d records)", rnd,
             100 * metrics["central_accuracy"], metrics["central_loss"], result.examples)
@@ -164,7 +168,7 @@ class Coordinator:
             else:
                 d = from_record(reply.content["delta"])
                 try:
-                    check_arrays(self.global_arrays, d)
+                    check_arrays(self.trained(), d)
                 except AdapterMismatch as exc:
                     _fail(e, "rejected", f"train: bad update: {exc}")
                     log(WARNING, "[round %d] rejected update from %s: %s", rnd, e["name"], exc)
@@ -203,7 +207,7 @@ class Coordinator:
             aggregated = len(updates)
         try:
             if secure:
-                delta_sum, total = unflatten(result.weighted_sum, self.global_arrays), result.total_weight
+                delta_sum, total = unflatten(result.weighted_sum, self.trained()), result.total_weight
             else:
                 delta_sum, total = weighted_sum(updates)
             self.global_arrays = self.strategy.step(self.global_arrays, delta_sum, total)
@@ -211,11 +215,11 @@ class Coordinator:
             log(WARNING, "[round %d] aggregate of %d nodes rejected, global adapter unchanged: %s", rnd, aggregated, exc)
             return {**summary, "aggregated": 0, "aggregation": "rejected", "reason": f"aggregate rejected: {exc}",
                     "train_phase_seconds": _since(t0)}
-        return {**summary, "aggregated": aggregated, "aggregation": "fedavg", "train_phase_seconds": _since(t0)}
+        return {**summary, "aggregated": aggregated, "aggregation": fed.strategy, "train_phase_seconds": _since(t0)}
 
     def _secure_sum(self, rnd: int, adverts: dict, nodes: dict):
         cfg = self.cfg
-        size = int(sum(a.size for a in self.global_arrays.values()))
+        size = int(sum(a.size for a in self.trained().values()))
         params = RoundParams(round_id(self.run_id, rnd), adapter_hash(self.global_arrays), size + 1,
                              clip_bound(cfg, size), cfg.secagg.max_weight)
         server = SecAggServer(self.grid, rnd, params, cfg.secagg.dropout, cfg.secagg.stage_timeout, nodes)

@@ -67,7 +67,7 @@ def run_round(coord: Coordinator, rnd: int) -> tuple[dict | None, Stop | None]:
     for attempt in range(fed.round_retries + 1):
         nodes: dict = {}
         summary = coord.train(rnd, nodes, attempt)
-        if summary["aggregation"] == "fedavg":
+        if summary["aggregated"]:  # the strategy stepped the global adapter
             summary.update(coord.evaluate(rnd, nodes))
             return {"round": rnd, **summary, "nodes": nodes, **({"retries": failed} if failed else {})}, None
         failed.append({"attempt": attempt, "aggregation": summary["aggregation"], "reason": summary["reason"],
@@ -105,11 +105,10 @@ def _restore(coord: Coordinator, out: Path, cfg: RunConfig) -> Checkpoint:
     check_resumable(ckpt.config, cfg.to_flat(), ckpt.round)
     try:
         check_arrays(coord.global_arrays, ckpt.adapter)
-        if ckpt.strategy:
-            check_arrays(coord.global_arrays, ckpt.strategy)
+        coord.strategy.check_state(coord.global_arrays, ckpt.strategy)  # names may be prefixed (m/, v/)
     except AdapterMismatch as exc:
-        raise CheckpointError(f"the adapter in {checkpoint_path(out)} does not fit this model and LoRA "
-                              f"configuration: {exc}") from exc
+        raise CheckpointError(f"the adapter or {cfg.federation.strategy} state in {checkpoint_path(out)} does not "
+                              f"fit this model, LoRA and strategy configuration: {exc}") from exc
     coord.global_arrays = ckpt.adapter
     coord.strategy.load_state_arrays(ckpt.strategy)
     return ckpt

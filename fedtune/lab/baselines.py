@@ -6,7 +6,9 @@ and with the same total number of local optimiser steps (rounds × local-steps �
 * **base model**: the initial adapter (LoRA B = 0, i.e. the base model), no training - this is
   exactly the federated run's round 0 (same records, same adapter), so it is taken from there;
 * **local-only**: each node trains alone for rounds × local-steps steps and is scored on its own
-  held-out records (pooled over nodes: what the nodes get without federating);
+  held-out records (pooled over nodes: what the nodes get without federating), and on every
+  node's held-out records (the pooled set the federated and centralized rows are scored on:
+  how a node's model does on patients unlike its own);
 * **centralized**: one model trained on the pooled training records of all nodes for the total
   number of steps, scored on every node's held-out records (the usual upper reference);
 
@@ -28,6 +30,8 @@ from fedtune.node.privacy import DPPlan, DPStepper, default_delta, epsilon, nois
 from fedtune.node.training import train_local
 
 METRICS = ("accuracy", "macro_f1", "rouge_l", "loss", "perplexity")
+LOCAL_OWN = "local-only"  # each node's model on its own held-out records
+LOCAL_ALL = "local-only, all held-out"  # each node's model on every node's held-out records (pooled)
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Baselines:
     def _eval(self, trained, node: NodeData) -> dict:
         c, (model, encoder) = self.cfg, trained
         return evaluate(model, encoder, node.eval, c.train.eval_batch_size, c.model.precision,
-                        node.labels, c.train.eval_max_new_tokens).to_metrics()
+                        node.labels, c.train.eval_max_new_tokens, c.train.eval_method).to_metrics()
 
     def _train(self, data, steps: int, dp: bool, seed: int):
         """Train the initial adapter for ``steps`` steps: ((model, encoder), ε spent or None without DP)."""
@@ -101,15 +105,20 @@ class Baselines:
         train_local(model, encoder, data, train_cfg, c.model.precision, seed, stepper)
         return (model, encoder), eps
 
-    def local_only(self, dp: bool) -> Row:
-        t0, results, eps = time.monotonic(), [], []
+    def local_only(self, dp: bool) -> tuple[Row, Row]:
+        """Each node alone, scored on its own held-out records and on every node's (the population)."""
+        t0, own, everyone, eps = time.monotonic(), [], [], []
         for i, node in enumerate(self.nodes):
             self.say(f"baseline local-only ({'DP' if dp else 'no DP'}): {node.name}, {self.steps_per_node} steps")
             trained, spent = self._train(node.train, self.steps_per_node, dp, seed=self.cfg.train.seed + i)
             eps.append(spent)
-            results.append(self._eval(trained, node))
-        return row_from_metrics("local-only", dp, combine_metrics(results), max(eps) if dp else None,
-                                self.steps_per_node * len(self.nodes), time.monotonic() - t0)
+            scores = [self._eval(trained, other) for other in self.nodes]
+            own.append(scores[i])
+            everyone.extend(scores)
+        seconds, steps = time.monotonic() - t0, self.steps_per_node * len(self.nodes)
+        spent = max(eps) if dp else None
+        return (row_from_metrics(LOCAL_OWN, dp, combine_metrics(own), spent, steps, seconds),
+                row_from_metrics(LOCAL_ALL, dp, combine_metrics(everyone), spent, steps, seconds))
 
     def centralized(self, dp: bool) -> Row:
         t0 = time.monotonic()

@@ -35,9 +35,15 @@ def simulate_with_baselines(cfg: RunConfig, info: Preset, main: SimulationResult
                  not dp: federated_row(other.metrics, not dp, other.seconds)}
     baselines = Baselines(cfg, info.num_nodes, say)  # DP settings (target ε, C, accountant) from the preset
     rows = [base_row(main.metrics)]
-    for make in (baselines.local_only, None, baselines.centralized):
-        for flag in (True, False):
-            rows.append(federated[flag] if make is None else make(flag))
+    local = {flag: baselines.local_only(flag) for flag in (True, False)}
+    for flag in (True, False):
+        rows.append(local[flag][0])
+    for flag in (True, False):
+        rows.append(local[flag][1])
+    for flag in (True, False):
+        rows.append(federated[flag])
+    for flag in (True, False):
+        rows.append(baselines.centralized(flag))
     write_comparison(main.out, rows)
     return rows
 

@@ -38,10 +38,10 @@ def train(msg: Message, context: Context) -> Message:
         if local.update is None:
             return replies.result(msg, local.data.name, local.status, local.metrics)
         if cfg.secagg.enabled:  # keep the delta here; only public keys leave now, a masked vector later
-            size = sum(a.size for a in global_arrays.values())
+            size = sum(a.size for a in local.update.values())
             outgoing, clipped = secagg_client.start(
                 context.state, trust, int(context.run_id), rnd, global_arrays,
-                local.update, len(local.data.train), clip_bound(cfg, size), cfg.secagg.max_weight)
+                local.update, len(local.data.train), clip_bound(cfg, size), cfg.secagg.max_weight, cfg.lora.freeze_a)
             local.metrics["delta_clipped"] = int(clipped)
         else:
             outgoing = to_record(local.update)

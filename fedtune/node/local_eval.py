@@ -41,7 +41,7 @@ def evaluate_round(cfg: RunConfig, node_config: Mapping, run_id: int, adapter: M
         memo = _read(state / MEMO)
         if key not in memo:
             result = evaluate(model, encoder, data.eval, cfg.train.eval_batch_size, cfg.model.precision, data.labels,
-                              cfg.train.eval_max_new_tokens)
+                              cfg.train.eval_max_new_tokens, cfg.train.eval_method)
             memo[key] = release(result.to_metrics(), policy)
             atomic_write_text(state / MEMO, json.dumps(memo, sort_keys=True) + "\n")
     return data.name, memo[key]

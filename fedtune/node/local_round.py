@@ -7,6 +7,7 @@ returns, i.e. before anything derived from the records can leave the node.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from collections import OrderedDict
@@ -15,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fedtune.common.adapters import delta, get_adapter_arrays
+from fedtune.common.adapters import delta, get_adapter_arrays, trained_names
 from fedtune.common.config import RunConfig
 from fedtune.common.files import exclusive_lock
 from fedtune.common.messages import BUDGET_EXHAUSTED, OK
@@ -24,6 +25,7 @@ from fedtune.node.policy import STATE_LOCK_TIMEOUT, EffectivePrivacy, NodePolicy
 from fedtune.node.privacy import DPStepper, PrivacyLedger, plan_round
 from fedtune.node.privacy.ledger import LEDGER_LOCK
 from fedtune.node.process_cache import NODE_PROCESS, NodeCache
+from fedtune.node.lr_schedule import round_lr
 from fedtune.node.training import train_local
 
 
@@ -42,11 +44,13 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
     eff = policy.effective(cfg)
     # the model holds exactly the received global adapter (anything else is refused)
     model, encoder, data = cache.prepare(cfg, node_config, global_arrays)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, lr=round_lr(cfg.train, cfg.federation.rounds, rnd)))  # this round's rate, for both steppers
     seed = int(np.random.SeedSequence([cfg.train.seed, rnd, zlib.crc32(data.name.encode())]).generate_state(1)[0])
     if not eff.enabled:  # only where the node's policy allows it (simulations; require-dp = false)
         result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed)
         metrics = {**_counts(data), "train_loss": result.loss, **_work(result)}
-        return LocalRound(data, OK, metrics, delta(get_adapter_arrays(model), global_arrays))
+        return LocalRound(data, OK, metrics, _update(model, global_arrays, cfg))
     state = policy.state_dir_for(cfg, data.name, run_id)
     # One round at a time per state dir, from the budget check to the ledger write: two runs (or two
     # SuperNodes sharing the folder) can never both spend the same remaining budget.
@@ -64,7 +68,7 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
         with DPStepper(model, data.units, cfg.train, privacy.plan, cfg.privacy.clipping, data.groups,
                        privacy.units_per_batch) as stepper:
             result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper)
-        update = delta(get_adapter_arrays(model), global_arrays)
+        update = _update(model, global_arrays, cfg)
         ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)  # persisted before anything leaves
     # No training loss: it is computed from the private Poisson batch and DP-SGD does not cover it.
     metrics.update(epsilon=ledger.epsilon(delta=privacy.delta), **_work(result))
@@ -75,6 +79,11 @@ def open_ledger(cfg: RunConfig, policy: NodePolicy, eff: EffectivePrivacy, data:
     """The ledger of the node's data source (never keyed by anything the run config chose)."""
     return PrivacyLedger.open(state, data.source, eff.accountant, policy.delta_for(cfg.privacy.delta, data.units),
                               data.units, eff.unit, data.raw_fingerprint)
+
+
+def _update(model, global_arrays: Mapping[str, np.ndarray], cfg: RunConfig) -> "OrderedDict[str, np.ndarray]":
+    """The delta of the tensors this run trains (under lora.freeze-a the A matrices never change: not sent)."""
+    return delta(get_adapter_arrays(model), global_arrays, trained_names(global_arrays, cfg.lora.freeze_a))
 
 
 def _counts(data: NodeData) -> dict:

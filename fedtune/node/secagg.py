@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedtune.common.adapters import adapter_hash, check_arrays, flatten
+from fedtune.common.adapters import adapter_hash, check_arrays, flatten, trained_part
 from fedtune.common.secagg.crypto import SecAggError
 from fedtune.common.secagg.params import clip_l2
 from fedtune.common.secagg.protocol import ClientSession, Trust
@@ -54,7 +54,8 @@ def _stage(fn: Callable) -> Callable:
 
 
 def start(state: RecordDict, trust: Trust, run_id: int, rnd: int, global_arrays: Mapping[str, np.ndarray],
-          update: Mapping[str, np.ndarray], weight: float, clip: float, max_weight: float) -> tuple[ConfigRecord, bool]:
+          update: Mapping[str, np.ndarray], weight: float, clip: float, max_weight: float,
+          freeze_a: bool = False) -> tuple[ConfigRecord, bool]:
     """Validate and clip the delta, keep it, and return this round's signed advert.
 
     The weight is capped at the run's ``max_weight`` (the fixed-point scale comes from that cap, so
@@ -62,7 +63,7 @@ def start(state: RecordDict, trust: Trust, run_id: int, rnd: int, global_arrays:
     named/shaped or non-finite delta: nothing malformed is ever masked.
     """
     forget(state)
-    check_arrays(global_arrays, update)
+    check_arrays(trained_part(global_arrays, freeze_a), update)  # exactly what this run trains
     vector, norm = clip_l2(flatten(update), clip)
     params = RoundParams(round_id(run_id, rnd), adapter_hash(global_arrays), vector.size + 1, clip, max_weight)
     session = ClientSession(trust, params, min(float(weight), max_weight))

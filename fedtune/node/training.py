@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
-from fedtune.common.adapters import adapter_parameters
+from fedtune.common.adapters import trainable_parameters
 from fedtune.common.config import TrainConfig
 from fedtune.common.data.prompts import Encoded, PromptEncoder
 from fedtune.common.model import device
@@ -57,7 +57,7 @@ class PlainStepper:
     """Non-private AdamW on shuffled fixed-size batches."""
 
     def __init__(self, model, num_records: int, cfg: TrainConfig, seed: int):
-        params = list(adapter_parameters(model).values())
+        params = list(trainable_parameters(model).values())
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self._batches = shuffled_batches(num_records, cfg.batch_size, np.random.default_rng(seed))
 
@@ -97,8 +97,18 @@ def train_local(
         return _train_steps(model, encoder, data, cfg, precision, stepper, progress)
 
 
+def proximal_pull(params: Sequence[torch.nn.Parameter], anchor: Sequence[torch.Tensor], lr: float, mu: float) -> None:
+    """FedProx, decoupled: w <- w - lr·μ·(w - w_global) after each step, the way AdamW applies weight decay.
+    It uses only the public global adapter, never a record, so it is post-processing of DP-SGD's output."""
+    with torch.no_grad():
+        for p, a in zip(params, anchor):
+            p.sub_(lr * mu * (p - a))
+
+
 def _train_steps(model, encoder, data, cfg, precision, stepper, progress) -> TrainResult:
     batches = stepper.batches()
+    params = list(trainable_parameters(model).values())
+    anchor = [p.detach().clone() for p in params] if cfg.proximal_mu else []  # the received global adapter
     model.train()
     start, losses, samples = time.perf_counter(), [], 0
     try:
@@ -106,10 +116,14 @@ def _train_steps(model, encoder, data, cfg, precision, stepper, progress) -> Tra
             idx = next(batches)
             if len(idx) == 0:
                 stepper.step_empty()
+                if cfg.proximal_mu:
+                    proximal_pull(params, anchor, cfg.lr, cfg.proximal_mu)
                 continue
             batch = encoder.collate([data[i] for i in idx]).to(device())
             per_sample = per_sample_forward(model, batch, precision).losses
             stepper.step(per_sample)
+            if cfg.proximal_mu:
+                proximal_pull(params, anchor, cfg.lr, cfg.proximal_mu)
             losses.append(per_sample.mean().item())
             samples += len(idx)
             if progress:

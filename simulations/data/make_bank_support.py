@@ -7,9 +7,10 @@ different mixes of requests). No real customer data. Re-create with:
     python simulations/data/make_bank_support.py
 """
 
-import csv
 import random
 from pathlib import Path
+
+from unique_csv import write_unique
 
 CATEGORIES = {
     "fraud": [
@@ -61,19 +62,9 @@ def message(category: str, rnd: random.Random) -> str:
 def write(name: str, n: int, seed: int, seen: set[str]) -> None:
     rnd = random.Random(seed)
     names = list(CATEGORIES)
-    out = Path(__file__).with_name(name)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["message", "category", "branch"])
-        for i in range(n):
-            branch = list(BRANCHES)[i % len(BRANCHES)]
-            category = rnd.choices(names, weights=BRANCHES[branch])[0]
-            text = message(category, rnd)
-            while text in seen:  # no duplicates: they would leak between training and held-out records
-                text = message(category, rnd)
-            seen.add(text)
-            w.writerow([text, category, branch])
-    print(f"{n} messages -> {out}")
+    branches = (list(BRANCHES)[i % len(BRANCHES)] for i in range(n))
+    picks = ((rnd.choices(names, weights=BRANCHES[b])[0], b) for b in branches)  # lazy: same draws as before
+    write_unique(Path(__file__).with_name(name), ["message", "category", "branch"], picks, message, rnd, seen)
 
 
 if __name__ == "__main__":

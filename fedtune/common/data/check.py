@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fedtune.common.data.prompts import PromptEncoder
-from fedtune.common.data.records import LoadedData, Problem, RecordSpec, read_examples
+from fedtune.common.data.records import Example, LoadedData, Problem, RecordSpec, read_examples
 
 MAX_WARNINGS = 20
 
@@ -25,6 +25,8 @@ class CheckReport:
     data: LoadedData
     max_length: int | None = None
     lengths: list[int] = field(default_factory=list)  # prompt + answer tokens per usable record
+    cut: int = 0  # records whose instruction truncation would cut (errors)
+    fix: str = ""  # the setting that stops it
 
     @property
     def ok(self) -> bool:
@@ -61,8 +63,13 @@ class CheckReport:
                                         for p in sorted(shown, key=lambda q: q.position)]
             if len(warnings) > MAX_WARNINGS:
                 out.append(f"  ... and {len(warnings) - MAX_WARNINGS} more warnings")
+        if self.cut:
+            out += ["", f"{self.cut} record(s) would be trained and scored with the start of their prompt (the "
+                    f"instruction) cut off at model.max-length {self.max_length}: {self.fix}."]
+        refused = len(errors) > self.cut
         out += ["", "OK: a node will accept this file." if self.ok else
-                f"NOT OK: {len(errors)} error(s); a node refuses this file until they are fixed."]
+                f"NOT OK: {len(errors)} error(s); " + ("a node refuses this file until they are fixed." if refused
+                                                       else "fix them before a node trains on this file.")]
         return "\n".join(out)
 
 
@@ -77,16 +84,36 @@ def truncation_problem(encoder: PromptEncoder, prompt_len: int, target_len: int)
     return head + f"the prompt will lose its first {prompt_len + target_len - limit} of {prompt_len} tokens"
 
 
+def cuts_instruction(fmt: str, ex: Example) -> bool:
+    """Left truncation removes the start of the prompt: there sits the instruction (and a classification
+    task's label list) for every format but a chat without a system turn (which loses its oldest turns)."""
+    return fmt != "chat" or ex.messages[0]["role"] == "system"
+
+
+def truncation_fix(spec: RecordSpec, data: LoadedData, longest: int) -> str:
+    """The settings that stop the instruction from being cut."""
+    fix = f"raise model.max-length to at least {longest}"
+    if data.format == "classification" and not spec.instruction_text and spec.lists_labels(data.labels):
+        fix += " or set data.list-labels=no (the label list is then learnt, not read, and evaluation scores every label)"
+    return fix
+
+
 def check_file(path: str | Path, spec: RecordSpec, encoder: PromptEncoder | None = None) -> CheckReport:
     data = read_examples(path, spec)
     report = CheckReport(data, encoder.max_length if encoder else None)
-    if encoder is not None:
-        for ex, where in zip(data.examples, data.positions):
-            prompt_len = len(encoder.encode_prompt(ex.messages))
-            target_len = len(encoder.tok(ex.completion, add_special_tokens=False)["input_ids"]) + 1
-            report.lengths.append(prompt_len + target_len)
-            problem = truncation_problem(encoder, prompt_len, target_len)
-            if problem:
-                data.problems.append(Problem(where, problem, "warning"))
-        data.problems.sort(key=lambda q: q.position)
+    if encoder is None:
+        return report
+    cut: list[tuple[str, str]] = []
+    for ex, where in zip(data.examples, data.positions):
+        prompt_len = len(encoder.encode_prompt(ex.messages))
+        target_len = len(encoder.tok(ex.completion, add_special_tokens=False)["input_ids"]) + 1
+        report.lengths.append(prompt_len + target_len)
+        problem = truncation_problem(encoder, prompt_len, target_len)
+        if problem and cuts_instruction(data.format, ex):
+            cut.append((where, problem + ", which cuts the instruction at its start"))
+        elif problem:
+            data.problems.append(Problem(where, problem, "warning"))
+    report.cut, report.fix = len(cut), truncation_fix(spec, data, max(report.lengths, default=0))
+    data.problems.extend(Problem(where, f"{problem}: {report.fix}") for where, problem in cut)
+    data.problems.sort(key=lambda q: q.position)
     return report

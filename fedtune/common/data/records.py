@@ -8,7 +8,8 @@ answer the model must learn (``completion``).  Formats (field names configurable
 * ``instruction``: ``{"instruction", "input" (optional), "output"}``
 * ``prompt-completion``: ``{"prompt", "completion"}``
 * ``classification``: ``text`` + ``label`` columns, turned into an instruction that lists the
-  allowed labels; the label is the answer.
+  allowed labels (``data.list-labels``: only while the list is short; a long one would crowd out
+  the text, so the model learns text -> label instead); the label is the answer.
 
 Reading never stops at the first bad record: every problem is collected with its line/row,
 so ``fedtune data check`` can list them all and a node can refuse the file naming all of them.
@@ -28,6 +29,7 @@ from fedtune.common.data.errors import DataError
 from fedtune.common.data.sources import read_rows
 
 MAX_LISTED = 25  # problems shown in one error message (all are counted)
+MAX_LISTED_LABEL_CHARS = 400  # data.list-labels = auto lists labels up to this long a list (about 100 tokens)
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,13 @@ class RecordSpec:
     labels: tuple[str, ...] = ()  # allowed labels; empty = those found in the file
     instruction_text: str = ""  # classification prompt; empty = default listing the labels
     split: str = "train"
+    list_labels: str = "auto"  # classification: list the labels in the prompt (auto: while the list is short)
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> "RecordSpec":
         return cls(cfg.format, cfg.text_column, cfg.label_column, cfg.messages_field, cfg.prompt_field,
                    cfg.completion_field, cfg.instruction_field, cfg.input_field, cfg.output_field, cfg.group_column,
-                   cfg.label_list, cfg.instruction, cfg.split)
+                   cfg.label_list, cfg.instruction, cfg.split, cfg.list_labels)
 
     def guess_format(self, obj: Mapping[str, Any]) -> str | None:
         if self.messages in obj:
@@ -73,8 +76,19 @@ class RecordSpec:
             return "classification"
         return None
 
+    def lists_labels(self, labels: Iterable[str]) -> bool:
+        """Whether the prompt lists the labels; decided from the label set alone, so every node prompts alike."""
+        if self.list_labels == "auto":
+            return len(", ".join(labels)) <= MAX_LISTED_LABEL_CHARS
+        return self.list_labels == "yes"
+
     def classification_prompt(self, labels: Iterable[str]) -> str:
-        return self.instruction_text or "Classify the text. Reply with exactly one of: " + ", ".join(labels) + "."
+        labels = tuple(labels)
+        if self.instruction_text:
+            return self.instruction_text
+        if self.lists_labels(labels):
+            return "Classify the text. Reply with exactly one of: " + ", ".join(labels) + "."
+        return "Classify the text. Reply with its label."
 
 
 VALUE = "{value}"  # where a record's own value stands in a problem message

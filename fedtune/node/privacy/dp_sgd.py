@@ -30,7 +30,7 @@ from opacus import PrivacyEngine
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch.utils.data import DataLoader, Dataset
 
-from fedtune.common.adapters import adapter_parameters
+from fedtune.common.adapters import trainable_parameters
 from fedtune.common.config import TrainConfig
 
 MODES = ("hooks", "ghost")
@@ -87,7 +87,7 @@ class DPStepper:
         self.mode = mode
         self.members = None if groups is None else [np.flatnonzero(groups == g) for g in range(num_units)]
         self._row_group: torch.Tensor | None = None  # group position of each row of the current batch
-        self.params = list(adapter_parameters(model).values())
+        self.params = list(trainable_parameters(model).values())
         optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         loader = DataLoader(_Indices(num_units), batch_size=units_per_batch or cfg.batch_size,
                             generator=_secure_generator())
