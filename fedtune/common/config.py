@@ -148,7 +148,7 @@ class TrainConfig:
         _positive)
     eval_method: str = _opt(
         "auto", "how held-out answers are predicted: 'labels' = the allowed label with the highest likelihood "
-        "(one shared prompt pass per record, always a valid label), 'generate' = greedy generation; auto = labels "
+        "(one pass per batch scores every label, always a valid label), 'generate' = greedy generation; auto = labels "
         "where the task has a label set", _one_of("auto", "labels", "generate"))
     lr_schedule: str = _opt(
         "constant", "node learning rate across rounds: constant, or cosine decay from train.lr over the planned "

@@ -106,9 +106,8 @@ class _Scored:
     predictions: list[str]
 
 
-def use_label_scoring(method: str, labels: Sequence[str], gold: Sequence[str | None]) -> bool:
+def use_label_scoring(method: str, possible: bool) -> bool:
     """``labels`` = score labels (refused unless every reference is one); ``auto`` = where that is possible."""
-    possible = bool(labels) and all(g is not None for g in gold)
     if method == "labels" and not possible:
         raise ValueError("train.eval-method = 'labels' needs a label set and every held-out answer to be one of "
                          "its labels; use eval-method = 'generate' (or 'auto') for free-text answers")
@@ -123,15 +122,15 @@ def evaluate(model, encoder: PromptEncoder, data: Sequence[Encoded], batch_size:
     model.eval()
     references = [encoder.tok.decode(e.target_ids, skip_special_tokens=True).strip() for e in data]
     gold = [match_label(r, labels) for r in references] if labels else []
-    if use_label_scoring(method, labels, gold):
+    labelled = bool(labels) and all(g is not None for g in gold)  # every reference is one of the labels
+    if use_label_scoring(method, labelled):
         scored = _score_labels(model, encoder, data, [list(labels).index(g) for g in gold], labels, batch_size,
                                precision)
     else:
         scored = _teacher_forced_and_generated(model, encoder, data, references, batch_size, precision,
                                                max_new_tokens)
     predictions = scored.predictions
-    label_counts = (LabelCounts.from_predictions(gold, predictions, list(labels))
-                    if labels and all(g is not None for g in gold) else None)
+    label_counts = LabelCounts.from_predictions(gold, predictions, list(labels)) if labelled else None
     return EvalResult(
         examples=len(data), loss=sum(scored.losses) / len(data), token_nll=scored.nll, tokens=scored.tokens,
         accuracy=sum(exact_match(p, r) for p, r in zip(predictions, references)) / len(data),

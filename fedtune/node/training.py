@@ -116,17 +116,15 @@ def _train_steps(model, encoder, data, cfg, precision, stepper, progress) -> Tra
             idx = next(batches)
             if len(idx) == 0:
                 stepper.step_empty()
-                if cfg.proximal_mu:
-                    proximal_pull(params, anchor, cfg.lr, cfg.proximal_mu)
-                continue
-            batch = encoder.collate([data[i] for i in idx]).to(device())
-            per_sample = per_sample_forward(model, batch, precision).losses
-            stepper.step(per_sample)
-            if cfg.proximal_mu:
+            else:
+                batch = encoder.collate([data[i] for i in idx]).to(device())
+                per_sample = per_sample_forward(model, batch, precision).losses
+                stepper.step(per_sample)
+                losses.append(per_sample.mean().item())
+                samples += len(idx)
+            if cfg.proximal_mu:  # after every step, empty Poisson batches included
                 proximal_pull(params, anchor, cfg.lr, cfg.proximal_mu)
-            losses.append(per_sample.mean().item())
-            samples += len(idx)
-            if progress:
+            if progress and len(idx):
                 progress(step, losses[-1])
     finally:
         stepper.close()
