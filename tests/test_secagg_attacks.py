@@ -210,3 +210,32 @@ def test_the_honest_round_still_sums_exactly_with_every_check_on():
     total, survivors, _ = rnd.run(x, {2: "confirm", 7: "unmask"})
     assert rnd.refused == {} and np.array_equal(total, total_of(x, survivors)) and survivors == set(x)
     assert signing_public_key(rnd.signing[name(1)]) == rnd.roster.key_of(name(1))
+
+
+def test_under_ffa_lora_a_coordinator_that_changes_one_node_s_frozen_a_is_noticed():
+    """lora.freeze-a sends only B deltas, but A still shapes what B learns: a coordinator that hands one node
+    another A (e.g. zeros, to silence everyone but a target - Pasquini et al.) must change that node's signed
+    adapter hash, so the consistency check sees it. A hash over the trained part only would not."""
+    from flwr.app import RecordDict
+
+    from fedtune.common.secagg.protocol import Trust
+    from fedtune.common.secagg.roster import SimulatedRoster, simulated_signing_key
+    from fedtune.common.secagg.round import RoundParams
+    from fedtune.node import secagg as node_secagg
+
+    names = ["m.lora_A.weight", "m.lora_B.weight"]
+    honest = {names[0]: np.ones((2, 3), np.float32), names[1]: np.zeros((3, 2), np.float32)}
+    forged = {names[0]: np.zeros((2, 3), np.float32), names[1]: honest[names[1]]}
+    update = {names[1]: np.full((3, 2), 0.1, np.float32)}  # only B travels
+    trust = Trust("hospital-0", simulated_signing_key("hospital-0"), SimulatedRoster())
+    hashes = []
+    for received in (honest, forged):
+        state = RecordDict()
+        node_secagg.start(state, trust, 7, 1, received, update, 10.0, 1.0, 100.0, freeze_a=True)
+        params = RoundParams.unpack(state[node_secagg._SESSION]["params"])
+        assert params.length == update[names[1]].size + 1  # the masked vector is the B delta (+ weight)
+        hashes.append(params.model_hash)
+    assert hashes[0] != hashes[1]
+    with pytest.raises(Exception, match="adapter names differ"):  # an A delta is never masked under freeze-a
+        node_secagg.start(RecordDict(), trust, 7, 1, honest, {**update, names[0]: honest[names[0]]}, 10.0, 1.0,
+                          100.0, freeze_a=True)
