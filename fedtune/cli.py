@@ -1,4 +1,4 @@
-"""``fedtune`` command line: simulate, generate, privacy show, data synthetic, certs,
+"""``fedtune`` command line: simulate, tune, stop, generate, privacy show, data synthetic, certs,
 node-key, roster build, app hash, model prepare."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print("\n" + "\n".join(comparison_table([r.to_dict() for r in rows])))
     first, last = result.metrics[0], result.metrics[-1]
     if result.stopped:
-        print(f"\nfedtune: stopped early at round {result.stopped['round']}: {result.stopped['reason']}")
+        when = "after" if result.stopped["kind"] == "requested" else "at"
+        print(f"\nfedtune: stopped early {when} round {result.stopped['round']}: {result.stopped['reason']}")
     print(
         f"\nfedtune: finished {last['round']} rounds in {result.seconds:.0f}s\n"
         f"  eval accuracy  round 0: {first['eval_accuracy']:.1%}  ->  round {last['round']}: {last['eval_accuracy']:.1%}\n"
@@ -35,6 +36,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         f"  report:   {result.out / 'report.md'}\n"
         f"  adapter:  {result.out / 'adapter'}"
     )
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from fedtune.common.config import load_preset
+    from fedtune.lab.tune.study import make_job, run_study
+
+    cfg, info = load_preset(args.preset, args.set)
+    job = make_job(cfg, info, args.trials, args.out, args.storage, args.study, args.timeout)
+    run_study(job, print_line=lambda line: print(line, flush=True))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from fedtune.coordinator.stop_request import request_stop
+
+    out = Path(args.run_dir)
+    if not (out / "run.json").is_file():
+        raise ConfigError(f"{out} is not a run's results folder (it has no run.json)")
+    path = request_stop(out, args.reason)
+    print(f"fedtune: asked the run in {out} to stop after its current round ({path.name} written)")
     return 0
 
 
@@ -180,6 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "centralized training, and the federated run, each with and without DP; writes a comparison "
                         "table into the report")
     s.set_defaults(func=_cmd_simulate)
+
+    t = sub.add_parser("tune", help="hyperparameter search: an Optuna study of simulations of a preset's [tune] space")
+    t.add_argument("preset", help="a preset with a [tune] table (e.g. simulations/quickstart.toml)")
+    t.add_argument("--trials", type=int, required=True,
+                   help="trials the study should hold in total (running the command again continues it)")
+    t.add_argument("--timeout", type=float, metavar="MIN", help="start no new trial after this many minutes")
+    t.add_argument("--out", help="study folder: one folder per trial, report, best.toml (default runs/tune-STUDY)")
+    t.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL (default: sqlite in the study folder); a PostgreSQL or MySQL URL lets "
+                        "several machines run trials of one study")
+    t.add_argument("--study", help="study name (default: the preset's file name)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value")
+    t.set_defaults(func=_cmd_tune)
+
+    st = sub.add_parser("stop", help="ask a running federation to end cleanly after its current round")
+    st.add_argument("run_dir", help="the run's results folder (the coordinator's output.dir)")
+    st.add_argument("--reason", default="stop requested by the operator", help="recorded in run.json and the report")
+    st.set_defaults(func=_cmd_stop)
 
     g = sub.add_parser("generate", help="answer a prompt with the base model + a fine-tuned adapter")
     g.add_argument("prompt")

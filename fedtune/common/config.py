@@ -254,12 +254,7 @@ class RunConfig:
         known = _known_keys()
         sections: dict[str, dict[str, Any]] = {s.name: {} for s in dataclasses.fields(cls)}
         for key, value in flat.items():
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                raise ConfigError(
-                    f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                    + f". Known keys: {', '.join(sorted(known))}"
-                )
+            _check_known(key, known)
             section, fname = known[key]
             sections[section][fname] = _coerce(key, value, _field_type(section, fname))
         built = {}
@@ -337,6 +332,22 @@ def _known_keys() -> dict[str, tuple[str, str]]:
     return out
 
 
+def _check_known(key: str, known: Mapping[str, Any]) -> None:
+    if key not in known:
+        hint = difflib.get_close_matches(key, known, n=1)
+        raise ConfigError(
+            f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            + f". Known keys: {', '.join(sorted(known))}"
+        )
+
+
+def config_key_type(key: str) -> type:
+    """The declared type of a dotted run-config key (ConfigError, with a suggestion, if there is none)."""
+    known = _known_keys()
+    _check_known(key, known)
+    return _field_type(*known[key])
+
+
 def _coerce(key: str, value: Any, typ: type) -> Scalar:
     """Accept the value if it fits the declared type; ints are fine where floats are expected."""
     if typ is bool:
@@ -407,6 +418,7 @@ class Preset:
     num_nodes: int
     cpus_per_node: int | None = None  # CPU cores per simulated node (None = all cores, one node at a time)
     path: Path | None = None
+    tune: dict[str, Any] = field(default_factory=dict)  # the [tune] table, read by `fedtune tune` only
 
 
 def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> tuple[RunConfig, Preset]:
@@ -421,6 +433,7 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
     sim = dict(tree.pop("simulation", {}))
+    tune = tree.pop("tune", {})
     flat = flatten(tree)
     if path is not None:  # a preset's relative data paths are relative to the preset file
         _absolute_paths(flat, Path(path).resolve().parent)
@@ -444,4 +457,4 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
             f"federation.min-nodes={cfg.federation.min_nodes} exceeds simulation.nodes={nodes}: "
             "no round could ever start. Lower min-nodes or simulate more nodes"
         )
-    return cfg, Preset(values=flat, num_nodes=nodes, cpus_per_node=cpus, path=Path(path) if path else None)
+    return cfg, Preset(values=flat, num_nodes=nodes, cpus_per_node=cpus, path=Path(path) if path else None, tune=tune)

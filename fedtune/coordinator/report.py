@@ -104,7 +104,8 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
         lines += _summary(records[0], records[-1])
     stopped = extra.get("stopped")
     if stopped:
-        lines += [f"**The run stopped at round {stopped['round']}** of {cfg.get('federation.rounds', '?')}: "
+        when = "after" if stopped.get("kind") == "requested" else "at"
+        lines += [f"**The run stopped {when} round {stopped['round']}** of {cfg.get('federation.rounds', '?')}: "
                   f"{stopped['reason']}.", ""]
         if stopped.get("kind") == "failure":
             lines += ["Every completed round is in the checkpoint. Fix the cause, then continue with "
@@ -113,7 +114,8 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
     if comparison:
         lines += ["## Federated vs baselines", "",
                   "Same data split, same held-out records, same total number of local optimiser steps "
-                  "(see `fedtune/lab/baselines.py`). Accuracy is normalised exact match of the generated answer.", ""]
+                  "(see `fedtune/lab/baselines.py`). Accuracy is measured as in the rounds "
+                  "(label scoring for a labelled task).", ""]
         lines += comparison_table(comparison) + [""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
@@ -231,8 +233,7 @@ def _privacy_section(records: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any
 
 
 def comparison_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Markdown table of ``comparison.json``'s rows (accuracy = normalised exact match on all nodes'
-    held-out records)."""
+    """Markdown table of ``comparison.json``'s rows (accuracy as in the rounds, on all nodes' held-out records)."""
     def pct(v):
         return "–" if v is None else f"{v:.1%}"
 

@@ -32,6 +32,7 @@ from fedtune.coordinator.checkpoint import Checkpoint, CheckpointError, check_re
 from fedtune.coordinator.grid import wait_for_nodes
 from fedtune.coordinator.report import RunRecorder
 from fedtune.coordinator.rounds import Coordinator, adapter_meta
+from fedtune.coordinator.stop_request import clear_stop_request, take_stop_request, wait_at_gate
 
 app = ServerApp()
 
@@ -39,7 +40,8 @@ app = ServerApp()
 @dataclass
 class Stop:
     """Why a run ended before its last round. ``budget``: no node may train any more (a normal end);
-    ``failure``: a round kept failing - fix the cause and resume."""
+    ``failure``: a round kept failing - fix the cause and resume; ``requested``: someone asked for it
+    (``stop_request.py``) and ``round`` is the last completed round."""
 
     round: int
     kind: str
@@ -88,6 +90,17 @@ def run_round(coord: Coordinator, rnd: int) -> tuple[dict | None, Stop | None]:
                                       + (f". Node failures: {nodes_said}" if nodes_said else ""))
 
 
+GATE_TIMEOUT_SECONDS = 120.0
+
+
+def _requested_stop(out: Path, rnd: int, rounds: int) -> Stop | None:
+    if rnd >= rounds:
+        return None  # after the last round the run ends anyway
+    wait_at_gate(out, rnd, GATE_TIMEOUT_SECONDS)  # a tuner deciding whether to prune (stop_request.py)
+    reason = take_stop_request(out)
+    return Stop(rnd, "requested", reason) if reason else None
+
+
 def check_start(cfg: RunConfig, out: Path) -> None:
     """Everything that can refuse to start or resume, checked before anything is written."""
     if cfg.output.resume:
@@ -123,6 +136,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0) -> Pa
     except OSError as exc:
         raise ConfigError(f"cannot create the results folder {out}: {exc}. Choose another output.dir") from exc
     with folder_lock(out):
+        clear_stop_request(out)
         coord = Coordinator(grid, cfg, run_id)
         if cfg.output.resume:
             ckpt = _restore(coord, out, cfg)
@@ -158,6 +172,10 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0) -> Pa
             acc = record["eval_accuracy"]
             log(INFO, "[round %d/%d] global eval accuracy %s, loss %s, %.1fs", rnd, cfg.federation.rounds,
                 "n/a" if acc is None else f"{100 * acc:.1f}%", record["eval_loss"], record["seconds"])
+            stop = _requested_stop(out, rnd, cfg.federation.rounds)
+            if stop is not None:
+                log(WARNING, "fedtune: stopping after round %d as requested: %s", rnd, stop.reason)
+                break
         adapter = export_adapter(coord.global_model()[0], coord.global_arrays, out / "adapter", adapter_meta(cfg))
         extra = {"adapter": str(adapter), "seconds_total": round(time.monotonic() - start, 1)}
         if stop is not None:

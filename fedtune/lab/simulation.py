@@ -169,11 +169,16 @@ def resume_config(out: str | Path, preset: str | Path | None, overrides: list[st
     return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(out_dir), resume=True)), info
 
 
-def _save_preset(flat: dict[str, Any], info: Preset, path: Path) -> None:
-    """The run's full configuration as a preset: what ``--resume`` reads back."""
+def preset_text(flat: dict[str, Any], info: Preset) -> str:
+    """A full configuration as a preset file ``fedtune simulate`` reads (output settings left out)."""
     body = {k: v for k, v in flat.items() if not k.startswith("output.")}
     sim = {"nodes": info.num_nodes, **({"cpus-per-node": info.cpus_per_node} if info.cpus_per_node else {})}
-    atomic_write_text(path, _toml_lines(body) + "\n[simulation]\n" + _toml_lines(sim))
+    return _toml_lines(body) + "\n[simulation]\n" + _toml_lines(sim)
+
+
+def _save_preset(flat: dict[str, Any], info: Preset, path: Path) -> None:
+    """The run's full configuration as a preset: what ``--resume`` reads back."""
+    atomic_write_text(path, preset_text(flat, info))
 
 
 def _results_folder(cfg: RunConfig, out: str | Path | None) -> Path:
