@@ -190,7 +190,10 @@ def test_a_study_continues_with_the_same_command_after_its_process_is_killed(tin
     def one_done_one_running() -> bool:
         if not (folder / "study.db").exists():
             return False
-        trials = load_study(folder).trials
+        try:
+            trials = load_study(folder).trials
+        except KeyError:  # the worker has not created the study yet (the file may exist before it does)
+            return False
         return (sum(t.state == TrialState.COMPLETE for t in trials) >= 1
                 and any(t.state == TrialState.RUNNING and "out" in t.user_attrs for t in trials))
     _wait_for(one_done_one_running)

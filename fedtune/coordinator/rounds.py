@@ -130,7 +130,9 @@ class Coordinator:
                 100 * e["eval_accuracy"], e["eval_loss"], e["eval_examples"])
 
         self._send(node_ids, MessageType.EVALUATE, rnd, nodes, done)
-        summary = combine_metrics(list(nodes.values()))  # every node that evaluated, whatever its training did
+        # Every node that evaluated, whatever its training did; in node-id order, not reply order, so the
+        # pooled floats do not depend on which node answered first (a resumed run matches to the last bit).
+        summary = combine_metrics([nodes[k] for k in sorted(nodes)])
         if self.central is not None:
             summary.update(self.evaluate_central(rnd))
         return summary
