@@ -130,9 +130,9 @@ class Coordinator:
                 100 * e["eval_accuracy"], e["eval_loss"], e["eval_examples"])
 
         self._send(node_ids, MessageType.EVALUATE, rnd, nodes, done)
-        # Every node that evaluated, whatever its training did; in node-id order, not reply order, so the
-        # pooled floats do not depend on which node answered first (a resumed run matches to the last bit).
-        summary = combine_metrics([nodes[k] for k in sorted(nodes)])
+        # Every node that evaluated, whatever its training did; in node-name order, not reply order (nor
+        # Flower's random node ids), so the pooled floats do not depend on which node answered first.
+        summary = combine_metrics(sorted(nodes.values(), key=lambda e: str(e.get("name", ""))))
         if self.central is not None:
             summary.update(self.evaluate_central(rnd))
         return summary
