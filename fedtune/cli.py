@@ -27,8 +27,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print("\n" + "\n".join(comparison_table([r.to_dict() for r in rows])))
     first, last = result.metrics[0], result.metrics[-1]
     if result.stopped:
-        when = "after" if result.stopped["kind"] == "requested" else "at"
-        print(f"\nfedtune: stopped early {when} round {result.stopped['round']}: {result.stopped['reason']}")
+        from fedtune.coordinator.report import stopped_when
+
+        print(f"\nfedtune: stopped early {stopped_when(result.stopped)}: {result.stopped['reason']}")
     print(
         f"\nfedtune: finished {last['round']} rounds in {result.seconds:.0f}s\n"
         f"  eval accuracy  round 0: {first['eval_accuracy']:.1%}  ->  round {last['round']}: {last['eval_accuracy']:.1%}\n"

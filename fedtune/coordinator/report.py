@@ -96,6 +96,11 @@ def _summary(first: Mapping[str, Any], last: Mapping[str, Any]) -> list[str]:
     return [line + ".", ""]
 
 
+def stopped_when(stopped: Mapping[str, Any]) -> str:
+    """'after round r' for a requested stop (round r completed), 'at round r' where round r could not run."""
+    return f"{'after' if stopped.get('kind') == 'requested' else 'at'} round {stopped['round']}"
+
+
 def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], extra: Mapping[str, Any],
                   comparison: Sequence[Mapping[str, Any]] | None = None, plots: Sequence[Path] = ()) -> str:
     cfg = meta.get("config", {})
@@ -104,8 +109,7 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
         lines += _summary(records[0], records[-1])
     stopped = extra.get("stopped")
     if stopped:
-        when = "after" if stopped.get("kind") == "requested" else "at"
-        lines += [f"**The run stopped {when} round {stopped['round']}** of {cfg.get('federation.rounds', '?')}: "
+        lines += [f"**The run stopped {stopped_when(stopped)}** of {cfg.get('federation.rounds', '?')}: "
                   f"{stopped['reason']}.", ""]
         if stopped.get("kind") == "failure":
             lines += ["Every completed round is in the checkpoint. Fix the cause, then continue with "
