@@ -73,3 +73,34 @@ def test_exported_adapter_reloads_with_peft_and_gives_the_same_logits(tiny_peft,
         b = reloaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert torch.equal(a, b)
     assert not torch.equal(a, load_base_model(tiny_cfg.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits)
+
+
+def test_top_layers_adapts_only_the_last_layers_and_backward_stops_there(tiny_cfg, tmp_path):
+    """lora.top-layers = 1 on a 2-layer model: adapter tensors only in layer 1, no gradient reaches layer 0
+    (the backward pass stops at the lowest adapted layer), and the adapter exports and reloads with PEFT."""
+    import dataclasses
+
+    from peft import PeftModel
+
+    from fedtune.common.data import PromptEncoder
+    from fedtune.common.model import ModelError, add_lora, load_base_model, load_tokenizer
+    from fedtune.common.objective import per_sample_forward
+
+    enc = PromptEncoder(load_tokenizer(tiny_cfg.model.name), tiny_cfg.model.max_length)
+    batch = enc.collate(enc.encode_all(generate_triage(3, seed=0)))
+    reached = {}
+    for top in (0, 1):
+        model = add_lora(load_base_model(tiny_cfg.model), dataclasses.replace(tiny_cfg.lora, top_layers=top), seed=0)
+        layers = {n.split(".layers.")[1].split(".")[0] for n in get_adapter_arrays(model)}
+        assert layers == ({"0", "1"} if top == 0 else {"1"})
+        hit = []
+        model.base_model.model.model.layers[0].register_full_backward_hook(lambda *_: hit.append(True))
+        per_sample_forward(model, batch, "fp32").losses.sum().backward()
+        reached[top] = bool(hit)
+    assert reached == {0: True, 1: False}
+    trained = {n: (a + 0.1).astype(np.float32) for n, a in get_adapter_arrays(model).items()}
+    out = export_adapter(model, trained, tmp_path / "adapter", {"model.name": tiny_cfg.model.name})
+    reloaded = PeftModel.from_pretrained(load_base_model(tiny_cfg.model), str(out))
+    assert sorted(get_adapter_arrays(reloaded)) == sorted(trained)
+    with pytest.raises(ModelError, match="lora.top-layers=3 but the model has 2 transformer layers"):
+        add_lora(load_base_model(tiny_cfg.model), dataclasses.replace(tiny_cfg.lora, top_layers=3), seed=0)

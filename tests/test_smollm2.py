@@ -29,7 +29,7 @@ def test_base_model_cannot_already_triage():
     tok = load_tokenizer(cfg.model.name)
     model = add_lora(load_base_model(cfg.model), cfg.lora, seed=0)
     enc = PromptEncoder(tok, cfg.model.max_length)
-    res = evaluate(model, enc, enc.encode_all(generate_triage(32, seed=5)), 32, "bf16")
+    res = evaluate(model, enc, enc.encode_all(generate_triage(32, seed=5)), 32, cfg.model.precision)
     assert res.accuracy < 0.2 and res.loss > 1.0
     # LoRA B starts at zero: the wrapped model is exactly the base model.
     batch = enc.collate(enc.encode_all(generate_triage(2, seed=5)))

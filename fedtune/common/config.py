@@ -61,7 +61,9 @@ class ModelConfig:
         _non_empty,
     )
     precision: str = _opt(
-        "bf16", "compute precision of forward/backward (LoRA weights and optimiser stay fp32)", _one_of("bf16", "fp32")
+        "auto", "compute precision of forward/backward (LoRA weights and optimiser stay fp32); auto = bf16 where the "
+        "device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32 - on other CPUs bf16 is "
+        "emulated and can be 100x slower", _one_of("auto", "bf16", "fp32")
     )
     max_length: int = _opt(256, "max tokens per record (prompt is truncated from the left)", _positive)
 
@@ -77,6 +79,9 @@ class LoraConfigSection:
         "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
         _non_empty,
     )
+    top_layers: int = _opt(
+        0, "LoRA only on the last N transformer layers (0 = every layer): fewer values to noise and send, and "
+        "the backward pass stops at the lowest adapted layer", _non_negative)
     freeze_a: bool = _opt(
         False, "FFA-LoRA (Sun et al., ICLR'24): keep every LoRA A at its shared seeded start and train only B, so "
         "averaging the B deltas is exactly averaging the adapters' B·A, and DP noise and uploads cover half the values")
@@ -142,6 +147,11 @@ class TrainConfig:
     batch_size: int = _opt(32, "records per step (under DP: the expected size of a Poisson batch)", _positive)
     lr: float = _opt(0.01, "AdamW learning rate on the node", _positive)
     weight_decay: float = _opt(0.0, "AdamW weight decay", _non_negative)
+    objective: str = _opt(
+        "tokens", "per-sample training loss: 'tokens' = mean cross-entropy of the answer's tokens (any task); "
+        "'labels' = cross-entropy of the record's label against every allowed label, each scored by its "
+        "likelihood (labelled tasks; what label-scored evaluation ranks); auto = labels where every training "
+        "answer is a label", _one_of("auto", "tokens", "labels"))
     eval_batch_size: int = _opt(32, "records per evaluation forward pass", _positive)
     eval_max_new_tokens: int = _opt(
         64, "evaluation of free-text answers: most tokens generated per answer (stops earlier at end-of-turn)",
@@ -315,7 +325,7 @@ class RunConfig:
             raise ConfigError(
                 "privacy.clipping=ghost computes per-sample gradient norms in the compute precision, and bf16 norms "
                 "can exceed the clipping bound (breaking the DP guarantee). Use model.precision=fp32 with ghost, "
-                "or privacy.clipping=hooks (fp32 clipping at any precision)"
+                "or privacy.clipping=hooks (fp32 clipping at any precision). model.precision=auto may pick bf16"
             )
 
 

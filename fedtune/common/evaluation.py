@@ -22,8 +22,8 @@ from typing import Mapping, Sequence
 import torch
 
 from fedtune.common.data.prompts import Encoded, PromptEncoder
-from fedtune.common.label_scoring import label_log_likelihoods, label_targets, records_per_pass
-from fedtune.common.metrics import LabelCounts, exact_match, match_label, perplexity, rouge_l
+from fedtune.common.label_scoring import label_indices, label_log_likelihoods, label_targets, records_per_pass
+from fedtune.common.metrics import LabelCounts, exact_match, perplexity, rouge_l
 from fedtune.common.model import autocast, device
 from fedtune.common.objective import per_sample_forward
 
@@ -120,17 +120,17 @@ def evaluate(model, encoder: PromptEncoder, data: Sequence[Encoded], batch_size:
     if not data:
         raise ValueError("no evaluation records")
     model.eval()
-    references = [encoder.tok.decode(e.target_ids, skip_special_tokens=True).strip() for e in data]
-    gold = [match_label(r, labels) for r in references] if labels else []
-    labelled = bool(labels) and all(g is not None for g in gold)  # every reference is one of the labels
+    references = [encoder.reference(e) for e in data]
+    gold = label_indices(references, labels)
+    labelled = gold is not None  # every reference is one of the labels
     if use_label_scoring(method, labelled):
-        scored = _score_labels(model, encoder, data, [list(labels).index(g) for g in gold], labels, batch_size,
-                               precision)
+        scored = _score_labels(model, encoder, data, gold, labels, batch_size, precision)
     else:
         scored = _teacher_forced_and_generated(model, encoder, data, references, batch_size, precision,
                                                max_new_tokens)
     predictions = scored.predictions
-    label_counts = LabelCounts.from_predictions(gold, predictions, list(labels)) if labelled else None
+    label_counts = (LabelCounts.from_predictions([labels[g] for g in gold], predictions, list(labels))
+                    if labelled else None)
     return EvalResult(
         examples=len(data), loss=sum(scored.losses) / len(data), token_nll=scored.nll, tokens=scored.tokens,
         accuracy=sum(exact_match(p, r) for p, r in zip(predictions, references)) / len(data),

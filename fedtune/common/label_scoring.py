@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from fedtune.common.data.prompts import PromptEncoder
+from fedtune.common.metrics import match_label
 from fedtune.common.model import autocast, device
 
 SCORED_POSITIONS = 2048  # rows x scored positions per pass: bounds the logits ([rows, positions, vocab])
@@ -27,6 +28,14 @@ SCORED_POSITIONS = 2048  # rows x scored positions per pass: bounds the logits (
 def label_targets(encoder: PromptEncoder, labels: Sequence[str]) -> list[tuple[int, ...]]:
     """Token ids of each label's answer exactly as training encodes it (label tokens + end-of-turn)."""
     return [tuple(encoder.tok(label, add_special_tokens=False)["input_ids"]) + (encoder.end_id,) for label in labels]
+
+
+def label_indices(references: Sequence[str], labels: Sequence[str]) -> list[int] | None:
+    """Each reference's index among ``labels`` (after answer normalisation); None unless every one is a label."""
+    gold = [match_label(r, labels) for r in references] if labels else []
+    if not labels or any(g is None for g in gold):
+        return None
+    return [list(labels).index(g) for g in gold]
 
 
 def records_per_pass(targets: Sequence[Sequence[int]], batch_size: int) -> int:
@@ -68,6 +77,13 @@ class _Packing:
 def label_log_likelihoods(model, encoder: PromptEncoder, prompts: Sequence[Sequence[int]],
                           targets: Sequence[Sequence[int]], precision: str = "fp32") -> torch.Tensor:
     """[records, labels] summed log-probabilities of each label's target after each prompt (float32, CPU)."""
+    return label_scores(model, encoder, prompts, targets, precision).cpu()
+
+
+def label_scores(model, encoder: PromptEncoder, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                 precision: str = "fp32") -> torch.Tensor:
+    """``label_log_likelihoods`` on the model's device, differentiable (the label-choice training objective).
+    Row r depends on prompt r alone (blocks never see another row), so per-sample gradients stay per sample."""
     if not prompts or not targets:
         raise ValueError("label scoring needs at least one prompt and one label")
     pack = _Packing.of(max(len(p) for p in prompts), targets)
@@ -76,13 +92,13 @@ def label_log_likelihoods(model, encoder: PromptEncoder, prompts: Sequence[Seque
     with autocast(precision):
         out = model(input_ids=ids.to(device()), attention_mask=_as_model_mask(model, pack.mask(real)).to(device()),
                     position_ids=pos.to(device()), use_cache=False, logits_to_keep=scored)
-    logp = torch.log_softmax(out.logits.float(), -1).cpu()  # index 0 = the prompt's last position
-    scores = torch.empty((len(prompts), len(targets)))
+    logp = torch.log_softmax(out.logits.float(), -1)  # index 0 = the prompt's last position
+    columns = []
     for i, t in enumerate(targets):
         first = pack.starts[i] - pack.prompt_width + 1  # index of the block's first position
-        at = torch.tensor([0] + list(range(first, first + len(t) - 1)))
-        scores[:, i] = logp[:, at, torch.tensor(t)].sum(1)
-    return scores
+        at = torch.tensor([0] + list(range(first, first + len(t) - 1)), device=logp.device)
+        columns.append(logp[:, at, torch.tensor(t, device=logp.device)].sum(1))
+    return torch.stack(columns, 1)
 
 
 def _rows(encoder: PromptEncoder, prompts, targets, pack: _Packing):

@@ -102,7 +102,7 @@ class Baselines:
             plan = DPPlan(sigma, q, steps, c.privacy.max_grad_norm)
             stepper = DPStepper(model, len(data), train_cfg, plan, c.privacy.clipping)
             eps = epsilon([plan.segment], delta, c.privacy.accountant)
-        train_local(model, encoder, data, train_cfg, c.model.precision, seed, stepper)
+        train_local(model, encoder, data, train_cfg, c.model.precision, seed, stepper, labels=self.nodes[0].labels)
         return (model, encoder), eps
 
     def local_only(self, dp: bool) -> tuple[Row, Row]:

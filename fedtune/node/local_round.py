@@ -48,7 +48,7 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
         cfg.train, lr=round_lr(cfg.train, cfg.federation.rounds, rnd)))  # this round's rate, for both steppers
     seed = int(np.random.SeedSequence([cfg.train.seed, rnd, zlib.crc32(data.name.encode())]).generate_state(1)[0])
     if not eff.enabled:  # only where the node's policy allows it (simulations; require-dp = false)
-        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed)
+        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, labels=data.labels)
         metrics = {**_counts(data), "train_loss": result.loss, **_work(result)}
         return LocalRound(data, OK, metrics, _update(model, global_arrays, cfg))
     state = policy.state_dir_for(cfg, data.name, run_id)
@@ -67,7 +67,8 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
         metrics["noise_multiplier"] = privacy.plan.noise_multiplier
         with DPStepper(model, data.units, cfg.train, privacy.plan, cfg.privacy.clipping, data.groups,
                        privacy.units_per_batch) as stepper:
-            result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper)
+            result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper,
+                                     labels=data.labels)
         update = _update(model, global_arrays, cfg)
         ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)  # persisted before anything leaves
     # No training loss: it is computed from the private Poisson batch and DP-SGD does not cover it.

@@ -18,8 +18,7 @@ import torch
 from fedtune.common.adapters import trainable_parameters
 from fedtune.common.config import TrainConfig
 from fedtune.common.data.prompts import Encoded, PromptEncoder
-from fedtune.common.model import device
-from fedtune.common.objective import per_sample_forward
+from fedtune.common.objective import objective_for
 
 
 @dataclass
@@ -85,16 +84,19 @@ def train_local(
     seed: int,
     stepper: Stepper | None = None,
     progress: Callable[[int, float], None] | None = None,
+    labels: Sequence[str] = (),
 ) -> TrainResult:
-    """Train the adapter in place for ``cfg.local_steps`` steps; return loss and timing."""
+    """Train the adapter in place for ``cfg.local_steps`` steps; return loss and timing.
+    ``labels``: the task's label set (the ``labels`` objective scores the answer against them)."""
     if not data:
         raise ValueError("no training records on this node")
+    objective = objective_for(cfg.objective, encoder, data, labels, precision)
     private = stepper is not None
     stepper = stepper or PlainStepper(model, len(data), cfg, seed)
     with torch.random.fork_rng(devices=[]):
         if not private:  # LoRA dropout draws from torch's global RNG: seed it so a resumed run repeats the round.
             torch.manual_seed(seed)  # Never under DP: its noise must not be reproducible from a known seed.
-        return _train_steps(model, encoder, data, cfg, precision, stepper, progress)
+        return _train_steps(model, objective, cfg, stepper, progress)
 
 
 def proximal_pull(params: Sequence[torch.nn.Parameter], anchor: Sequence[torch.Tensor], lr: float, mu: float) -> None:
@@ -105,7 +107,7 @@ def proximal_pull(params: Sequence[torch.nn.Parameter], anchor: Sequence[torch.T
             p.sub_(lr * mu * (p - a))
 
 
-def _train_steps(model, encoder, data, cfg, precision, stepper, progress) -> TrainResult:
+def _train_steps(model, objective, cfg, stepper, progress) -> TrainResult:
     batches = stepper.batches()
     params = list(trainable_parameters(model).values())
     anchor = [p.detach().clone() for p in params] if cfg.proximal_mu else []  # the received global adapter
@@ -117,8 +119,7 @@ def _train_steps(model, encoder, data, cfg, precision, stepper, progress) -> Tra
             if len(idx) == 0:
                 stepper.step_empty()
             else:
-                batch = encoder.collate([data[i] for i in idx]).to(device())
-                per_sample = per_sample_forward(model, batch, precision).losses
+                per_sample = objective(model, idx)
                 stepper.step(per_sample)
                 losses.append(per_sample.mean().item())
                 samples += len(idx)

@@ -66,6 +66,10 @@ class PromptEncoder:
             prompt = prompt[-budget:]
         return Encoded(tuple(prompt), tuple(target), truncated)
 
+    def reference(self, e: Encoded) -> str:
+        """The record's answer as text (its target without the end-of-turn token)."""
+        return self.tok.decode(e.target_ids, skip_special_tokens=True).strip()
+
     def encode_all(self, examples: Sequence[Example]) -> list[Encoded]:
         return [self.encode(e) for e in examples]
 
