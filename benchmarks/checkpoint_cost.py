@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--nodes", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value")
     args = ap.parse_args()
 
     from fedtune.common.adapters import export_adapter, get_adapter_arrays
@@ -45,7 +46,7 @@ def main() -> None:
     from fedtune.coordinator.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
     from fedtune.node.training import PlainStepper
 
-    cfg, _ = load_preset(args.preset, [f"model.name={args.model!r}".replace("'", '"')])
+    cfg, _ = load_preset(args.preset, [f"model.name={args.model!r}".replace("'", '"'), *args.set])
     tok = load_tokenizer(cfg.model.name)
     model = add_lora(load_base_model(cfg.model), cfg.lora, seed=0)
     adapter = get_adapter_arrays(model)

@@ -161,7 +161,7 @@ def test_a_ledger_state_dir_that_is_a_file_gets_a_message(tmp_path):
 def test_checkpoint_benchmark_runs_and_prints_its_ratios(tiny_model_dir):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "checkpoint_cost.py"
     proc = subprocess.run([sys.executable, str(script), "--model", str(tiny_model_dir), "--rounds", "2", "--nodes", "2",
-                           "--repeat", "1"], capture_output=True, text=True, timeout=300)
+                           "--repeat", "1", "--set", "lora.top-layers=1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = dict(kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())
     assert set(last) == {"checkpoint_save_vs_train_step", "checkpoint_save_vs_peft_export",

@@ -176,11 +176,16 @@ def _run_worker(preset: Path, folder: Path, trials: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for(predicate, timeout: float = 240) -> None:
+def _wait_for(predicate, worker: subprocess.Popen, timeout: float = 240) -> None:
+    """Poll (once a second: the worker shares the SQLite file) until ``predicate``; fail with the worker's
+    output if it ends first, since then the predicate can never hold."""
     deadline = time.monotonic() + timeout
     while not predicate():
+        if worker.poll() is not None:
+            pytest.fail(f"the worker ended (exit {worker.returncode}) before the awaited state:\n"
+                        f"{worker.stdout.read()}")
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+        time.sleep(1.0)
 
 
 def test_a_study_continues_with_the_same_command_after_its_process_is_killed(tiny_model_dir, tmp_path):
@@ -196,7 +201,7 @@ def test_a_study_continues_with_the_same_command_after_its_process_is_killed(tin
             return False
         return (sum(t.state == TrialState.COMPLETE for t in trials) >= 1
                 and any(t.state == TrialState.RUNNING and "out" in t.user_attrs for t in trials))
-    _wait_for(one_done_one_running)
+    _wait_for(one_done_one_running, worker)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     killed = next(t for t in load_study(folder).trials if t.state == TrialState.RUNNING)
