@@ -11,7 +11,7 @@ from fedtune.common.config import ConfigError, RunConfig, TrainConfig
 from fedtune.common.data import generate_triage
 from fedtune.common.objective import per_sample_forward
 from fedtune.node.privacy import DPPlan, DPStepper, LedgerError, PrivacyLedger, epsilon, plan_round, poisson_sample_rate
-from fedtune.node.privacy.accounting import accountant_for
+from fedtune.node.privacy.accounting import SIGMA_CEILING, accountant_for, paced_noise
 from fedtune.node.policy import NodePolicy, PolicyRefusal
 from fedtune.node.training import train_local
 
@@ -19,6 +19,27 @@ from fedtune.node.training import train_local
 def test_accounting_reproduces_opacus_pinned_values():
     assert epsilon([(1.5, 0.04, 2250)], 1e-5, "rdp") == pytest.approx(7.32911117143, abs=1e-9)
     assert epsilon([(1.5, 0.04, 2250)], 1e-5, "prv") == pytest.approx(6.7774, abs=0.01)
+
+
+@pytest.mark.parametrize("history, goal, name", [
+    ((), 8.0, "rdp"),                                  # a first round, guessed from σ = 1
+    (((0.6368, 1 / 7, 3),), 8.0, "rdp"),               # a round that went as planned: the guess is the answer
+    (((0.55, 1 / 7, 3),), 8.0, "rdp"),                 # a round that spent more than planned: more noise now
+    (((2.0, 0.02, 50),), 1.0, "prv"),                  # PRV, a long low-rate segment
+])
+def test_paced_noise_is_the_smallest_sigma_that_keeps_within_the_goal(history, goal, name):
+    delta, q, steps, tol = 0.1 / 400, 1 / 7, 6, 1e-3
+    sigma = paced_noise(history, goal, delta, q, steps, name, tol)
+    assert sigma is not None
+    spent = lambda s: epsilon(list(history) + [(s, q, steps)], delta, name)  # noqa: E731
+    assert spent(sigma) <= goal  # never over the goal
+    # and not more noise than the tolerance asks (PRV's own ε estimate is only good to ~0.01: a wider margin)
+    assert spent(sigma * (1 - (2 * tol if name == "rdp" else 0.01))) > goal
+
+
+def test_paced_noise_declines_when_even_the_ceiling_overspends():
+    assert paced_noise(((0.3, 0.5, 200),), 2.0, 1e-5, 0.5, 3) is None
+    assert epsilon([(0.3, 0.5, 200), (SIGMA_CEILING, 0.5, 3)], 1e-5) > 2.0
 
 
 def test_ledger_matches_a_fresh_opacus_accountant_across_rounds_and_restarts(tmp_path):

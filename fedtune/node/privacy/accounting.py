@@ -6,14 +6,15 @@ exact state of Opacus's accountants - so ε can be recomputed from scratch at an
 
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
+import math
 import warnings
 from typing import Iterable, Sequence
 
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
+from scipy.optimize import brentq
 
 ACCOUNTANTS = ("rdp", "prv")
 Segment = tuple[float, float, int]
@@ -40,6 +41,11 @@ def epsilon(history: Sequence[Segment], delta: float, name: str = "rdp") -> floa
     """ε spent by ``history`` at ``delta`` (0 for an empty history)."""
     if not history:
         return 0.0
+    return _epsilon(tuple((float(s), float(q), int(n)) for s, q, n in history), delta, name)
+
+
+@functools.lru_cache(maxsize=1024)  # pure; a node asks for the same history's ε at the start and end of a round
+def _epsilon(history: tuple[Segment, ...], delta: float, name: str) -> float:
     with _quiet_orders():
         return float(accountant_for(name, history).get_epsilon(delta=delta))
 
@@ -63,22 +69,44 @@ def paced_noise(history: tuple[Segment, ...], goal_epsilon: float, delta: float,
     (σ, ``sample_rate``) spends at most ``goal_epsilon``; None if not even σ = SIGMA_CEILING fits.
 
     Budget pacing: the node plans each round from what it has *left* over the rounds still
-    planned, so a longer run gets more noise per round and a retried round never overspends."""
-    def spent(sigma: float) -> float:
-        return epsilon(list(history) + [(sigma, sample_rate, planned_steps)], delta, name)
+    planned, so a longer run gets more noise per round and a retried round never overspends.
 
-    if spent(SIGMA_CEILING) > goal_epsilon:
+    Each ε costs an accountant run (PRV: about a second on a CPU, more as the history grows), so the
+    search is frugal: it brackets the answer outwards from a guess (the last σ spent, which after a
+    round that went as planned is the answer again: two runs) and finishes with Brent's method on
+    log σ, where ε falls smoothly.  The σ returned never spends more than the goal."""
+    def over(log_sigma: float) -> float:  # > 0 while σ = e^log_sigma spends more than the goal
+        spent = epsilon(history + ((math.exp(log_sigma), sample_rate, planned_steps),), delta, name)
+        return math.log(max(spent, 1e-300)) - math.log(goal_epsilon)
+
+    bracket = _bracket(over, math.log(history[-1][0]) if history else 0.0, rel_tol)
+    if bracket is None:
         return None
-    hi = 1.0
-    while spent(hi) > goal_epsilon:
-        hi *= 2.0
-    lo = hi / 2.0
-    while spent(lo) <= goal_epsilon and lo > 1e-3:
-        hi, lo = lo, lo / 2.0
-    while hi - lo > rel_tol * hi:
-        mid = (lo + hi) / 2.0
-        lo, hi = (lo, mid) if spent(mid) <= goal_epsilon else (mid, hi)
-    return hi
+    lo, hi = bracket
+    if hi - lo > rel_tol * (1 + 1e-6):  # wider than the tolerance: narrow it down
+        hi = brentq(over, lo, hi, xtol=rel_tol / 4) + rel_tol / 2
+        while over(hi) > 0:  # Brent's root may sit a hair below the boundary
+            hi += rel_tol / 2
+    return math.exp(hi)
+
+
+def _bracket(over, guess: float, first_step: float, growth: float = 8.0) -> tuple[float, float] | None:
+    """(lo, hi) in log σ with over(lo) > 0 >= over(hi), searched outwards from ``guess`` in steps that grow
+    from ``first_step``; None if even SIGMA_CEILING spends too much, (floor, floor) if σ = 1e-3 is enough."""
+    ceiling, floor = math.log(SIGMA_CEILING), math.log(1e-3)
+    x = min(max(guess, floor), ceiling)
+    up, step = over(x) > 0, first_step
+    while True:
+        nxt = min(x + step, ceiling) if up else max(x - step, floor)
+        if up and over(nxt) <= 0:
+            return x, nxt
+        if up and nxt >= ceiling:
+            return None
+        if not up and over(nxt) > 0:
+            return nxt, x
+        if not up and nxt <= floor:
+            return nxt, nxt
+        x, step = nxt, step * growth
 
 
 def default_delta(num_records: int) -> float:
