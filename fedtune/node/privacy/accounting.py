@@ -90,9 +90,12 @@ def paced_noise(history: tuple[Segment, ...], goal_epsilon: float, delta: float,
     return math.exp(hi)
 
 
-def _bracket(over, guess: float, first_step: float, growth: float = 8.0) -> tuple[float, float] | None:
+def _bracket(over, guess: float, first_step: float, growth: float = 8.0,
+             max_step: float = math.log(2.0)) -> tuple[float, float] | None:
     """(lo, hi) in log σ with over(lo) > 0 >= over(hi), searched outwards from ``guess`` in steps that grow
-    from ``first_step``; None if even SIGMA_CEILING spends too much, (floor, floor) if σ = 1e-3 is enough."""
+    from ``first_step`` up to a factor of 2 in σ; None if even SIGMA_CEILING spends too much, (floor, floor)
+    if σ = 1e-3 is enough.  Never more than a halving per step: PRV's discretisation grows with ε, and at a
+    σ far below the answer one accountant run needs gigabytes (a ×3,000 jump once took 21 GB)."""
     ceiling, floor = math.log(SIGMA_CEILING), math.log(1e-3)
     x = min(max(guess, floor), ceiling)
     up, step = over(x) > 0, first_step
@@ -106,7 +109,7 @@ def _bracket(over, guess: float, first_step: float, growth: float = 8.0) -> tupl
             return nxt, x
         if not up and nxt <= floor:
             return nxt, nxt
-        x, step = nxt, step * growth
+        x, step = nxt, min(step * growth, max_step)
 
 
 def default_delta(num_records: int) -> float:
