@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from fedtune.common.data.prompts import PromptEncoder
+from fedtune.common.frozen_prefix import causal_lm_logits
 from fedtune.common.metrics import match_label
 from fedtune.common.model import autocast, device
 
@@ -90,9 +91,9 @@ def label_scores(model, encoder: PromptEncoder, prompts: Sequence[Sequence[int]]
     ids, pos, real = _rows(encoder, prompts, targets, pack)
     scored = len(pack.block) - pack.prompt_width + 1  # the prompt's last position and every block position
     with autocast(precision):
-        out = model(input_ids=ids.to(device()), attention_mask=_as_model_mask(model, pack.mask(real)).to(device()),
-                    position_ids=pos.to(device()), use_cache=False, logits_to_keep=scored)
-    logp = torch.log_softmax(out.logits.float(), -1)  # index 0 = the prompt's last position
+        logits = causal_lm_logits(model, ids.to(device()), _as_model_mask(model, pack.mask(real)).to(device()),
+                                  pos.to(device()), scored, real)
+    logp = torch.log_softmax(logits.float(), -1)  # index 0 = the prompt's last position
     columns = []
     for i, t in enumerate(targets):
         first = pack.starts[i] - pack.prompt_width + 1  # index of the block's first position

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from fedtune.common import frozen_prefix
 from fedtune.common.config import LoraConfigSection, ModelConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -146,9 +147,10 @@ def add_lora(model, cfg: LoraConfigSection, seed: int):
             f"lora.target-modules {missing} not found in the model; it has e.g. "
             f"{sorted(n for n in names if 'proj' in n)[:10]}"
         )
+    adapted = _top_layers(model, cfg.top_layers)
     lora = LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.modules,
-        layers_to_transform=_top_layers(model, cfg.top_layers), bias="none", task_type="CAUSAL_LM",
+        layers_to_transform=adapted, bias="none", task_type="CAUSAL_LM",
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -159,6 +161,8 @@ def add_lora(model, cfg: LoraConfigSection, seed: int):
         for name, param in peft_model.named_parameters():
             if "lora_A" in name:
                 param.requires_grad_(False)
+    if adapted:  # the layers below the adapter are frozen: run them once per record (exact, bounded memory)
+        frozen_prefix.attach(peft_model, adapted[0])
     return peft_model
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fedtune.common.data.prompts import Batch, Encoded, PromptEncoder
+from fedtune.common.frozen_prefix import causal_lm_logits
 from fedtune.common.label_scoring import label_indices, label_scores, label_targets
 from fedtune.common.model import autocast, device
 
@@ -45,11 +46,8 @@ def per_sample_forward(model, batch: Batch, precision: str = "fp32") -> Forward:
     """
     keep = batch.max_target + 1
     with autocast(precision):
-        out = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False,
-        )
-    logits = out.logits[:, :-1].float()  # position t predicts token t+1
+        logits = causal_lm_logits(model, batch.input_ids, batch.attention_mask, batch.position_ids, keep)
+    logits = logits[:, :-1].float()  # position t predicts token t+1
     targets = batch.input_ids[:, -keep + 1:]
     mask = batch.target_mask[:, -keep + 1:]
     token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
