@@ -121,3 +121,15 @@ def test_a_dp_sgd_step_through_the_cache_clips_and_updates_as_the_full_forward_d
     assert any(not np.allclose(updated[True][n], start[n]) for n in start)  # the step moved the adapter
     for name in start:
         np.testing.assert_allclose(updated[True][name], updated[False][name], rtol=1e-4, atol=1e-7)
+
+
+def test_states_made_in_one_precision_are_not_reused_in_another(top1):
+    """bf16 autocast computes other states than fp32: a row cached in one is computed afresh in the other."""
+    model, enc, data = top1
+    batch = enc.collate(data[:2])
+    per_sample_forward(model, batch, "fp32")
+    per_sample_forward(model, batch, "bf16")
+    cache = frozen_prefix.of(model)
+    assert cache.misses == 4 and cache.hits == 0
+    per_sample_forward(model, batch, "bf16")
+    assert cache.hits == 2

@@ -82,8 +82,10 @@ def _run_layers(inner, layers, hidden, attention_mask, position_ids):
 
 
 def _row_key(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> bytes:
-    """Digest of what a row's real hidden states depend on: tokens, positions, who attends whom."""
-    digest = hashlib.blake2b(str(mask.dim()).encode(), digest_size=16)  # keyed by the mask's kind
+    """Digest of what a row's real hidden states depend on: tokens, positions, who attends whom, precision."""
+    kind = ids.device.type  # the mask's kind and the compute precision the states were made in
+    precision = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+    digest = hashlib.blake2b(f"{mask.dim()}:{precision}".encode(), digest_size=16)
     digest.update(ids[real].cpu().numpy().tobytes())
     digest.update(positions[real].cpu().numpy().tobytes())
     if mask.dim() == 3:  # a 4-D mask's row [1, L, L]: the pattern among real positions (bool or additive float)

@@ -99,6 +99,8 @@ def _bracket(over, guess: float, first_step: float, growth: float = 8.0,
     ceiling, floor = math.log(SIGMA_CEILING), math.log(1e-3)
     x = min(max(guess, floor), ceiling)
     up, step = over(x) > 0, first_step
+    if up and over(ceiling) > 0:  # a spent budget: say so in one run, not after a dozen doublings
+        return None
     while True:
         nxt = min(x + step, ceiling) if up else max(x - step, floor)
         if up and over(nxt) <= 0:
