@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from fedtune.cli import main as cli_main
 from fedtune.common.config import ConfigError, load_preset
@@ -197,7 +198,7 @@ def test_a_study_continues_with_the_same_command_after_its_process_is_killed(tin
             return False
         try:
             trials = load_study(folder).trials
-        except KeyError:  # the worker has not created the study yet (the file may exist before it does)
+        except (KeyError, SQLAlchemyError):  # the worker has not created the study (or its schema) yet
             return False
         return (sum(t.state == TrialState.COMPLETE for t in trials) >= 1
                 and any(t.state == TrialState.RUNNING and "out" in t.user_attrs for t in trials))
@@ -216,6 +217,31 @@ def test_a_study_continues_with_the_same_command_after_its_process_is_killed(tin
     assert len(retried) == 1 and retried[0].params == killed.params and retried[0].state == TrialState.COMPLETE
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3  # the study's total, not 3 more
     assert "best.toml" in os.listdir(folder) and f"| {killed.number} | fail |" in (folder / "tune-report.md").read_text()
+
+
+def test_a_worker_that_loses_the_race_to_create_a_fresh_storage_retries_and_opens_the_study(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """Workers started together on a fresh database all create Optuna's schema; all but one fail on the
+    duplicate version row (seen in CI: UNIQUE constraint failed: alembic_version.version_num). Here the
+    first attempt fails that way; the worker must retry and open the study, not give up."""
+    from sqlalchemy.exc import IntegrityError
+
+    from fedtune.lab.tune import study as study_module
+
+    preset, folder = write_preset(tmp_path, tiny_model_dir, rounds=1), tmp_path / "study"
+    cfg, info = load_preset(preset)
+    real, calls = study_module.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:  # what the losing worker sees while the winner inserts the version row
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", racing)
+    study = open_study(make_job(cfg, info, 2, folder))
+    assert len(calls) == 2 and study.trials == []
+    assert load_study(folder).user_attrs["objectives"]  # the study really exists in the shared storage
 
 
 def test_two_worker_processes_share_one_study_and_run_each_trial_once(tiny_model_dir, tmp_path):

@@ -80,12 +80,27 @@ def _pruner(spec: TuneSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def _storage(url: str, attempts: int = 4) -> RDBStorage:
+    """Optuna's RDB storage; on a fresh database, workers that start together all create its schema, and all
+    but one fail on the duplicate version row: those try again and find the schema made."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with _experimental_ok():
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except (IntegrityError, OperationalError):  # a concurrent schema creation (or a locked SQLite file)
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_study(job: TuneJob) -> optuna.Study:
     job.folder.mkdir(parents=True, exist_ok=True)
     try:
-        with _experimental_ok():
-            storage = RDBStorage(job.storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        storage = _storage(job.storage)
     except Exception as exc:  # SQLAlchemy's errors: bad URL, missing driver, server unreachable
         raise ConfigError(f"cannot open the study storage {redact(job.storage)}: {exc}") from None
     startup = job.spec.startup_trials or max(2, job.trials // 3)
