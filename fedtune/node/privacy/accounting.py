@@ -103,10 +103,8 @@ def _bracket(over, guess: float, first_step: float, growth: float = 8.0,
         return None
     while True:
         nxt = min(x + step, ceiling) if up else max(x - step, floor)
-        if up and over(nxt) <= 0:
+        if up and over(nxt) <= 0:  # reached by the ceiling at the latest: over(ceiling) <= 0 was checked
             return x, nxt
-        if up and nxt >= ceiling:
-            return None
         if not up and over(nxt) > 0:
             return nxt, x
         if not up and nxt <= floor:
