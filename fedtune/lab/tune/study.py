@@ -80,21 +80,23 @@ def _pruner(spec: TuneSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _storage(url: str, attempts: int = 4) -> RDBStorage:
+def _storage(url: str, pauses: tuple[float, ...] = (0.5, 1.0, 1.5)) -> RDBStorage:
     """Optuna's RDB storage; on a fresh database, workers that start together all create its schema, and all
-    but one fail on the duplicate version row: those try again and find the schema made."""
+    but one fail on the duplicate version row: those pause and try again, and find the schema made."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in range(attempts):
+    for pause in pauses:
         try:
-            with _experimental_ok():
-                return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            return _rdb_storage(url)
         except (IntegrityError, OperationalError):  # a concurrent schema creation (or a locked SQLite file)
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(pause)
+    return _rdb_storage(url)  # the last try: its error is the caller's
+
+
+def _rdb_storage(url: str) -> RDBStorage:
+    with _experimental_ok():
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
 
 
 def open_study(job: TuneJob) -> optuna.Study:
