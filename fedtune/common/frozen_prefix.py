@@ -37,7 +37,9 @@ class FrozenPrefix:
     def logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int, real: torch.Tensor):
         """The causal LM's logits of the last ``logits_to_keep`` positions, as ``model(...)`` would return them."""
         real = real.to(input_ids.device)
-        keys = [_row_key(input_ids[r], position_ids[r], attention_mask[r], real[r]) for r in range(len(input_ids))]
+        on_cpu = [t.cpu() for t in (input_ids, position_ids, attention_mask, real)]  # one copy, not one per row
+        precision = _precision(input_ids.device.type)
+        keys = [_row_key(*(t[r] for t in on_cpu), precision) for r in range(len(input_ids))]
         for key in keys:
             if key in self._rows:
                 self._rows.move_to_end(key)  # this batch's rows are the last ones eviction reaches
@@ -81,16 +83,21 @@ def _run_layers(inner, layers, hidden, attention_mask, position_ids):
     return hidden
 
 
-def _row_key(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> bytes:
-    """Digest of what a row's real hidden states depend on: tokens, positions, who attends whom, precision."""
-    kind = ids.device.type  # the mask's kind and the compute precision the states were made in
-    precision = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
-    digest = hashlib.blake2b(f"{mask.dim()}:{precision}".encode(), digest_size=16)
-    digest.update(ids[real].cpu().numpy().tobytes())
-    digest.update(positions[real].cpu().numpy().tobytes())
+def _precision(device_type: str) -> torch.dtype:
+    """The compute precision a forward on ``device_type`` runs in now (autocast's dtype, else fp32)."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
+
+
+def _row_key(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, real: torch.Tensor,
+             precision: torch.dtype) -> bytes:
+    """Digest of what a row's real hidden states depend on: tokens, positions, who attends whom, precision
+    (rows on the CPU)."""
+    digest = hashlib.blake2b(f"{mask.dim()}:{precision}".encode(), digest_size=16)  # the mask's kind too
+    digest.update(ids[real].numpy().tobytes())
+    digest.update(positions[real].numpy().tobytes())
     if mask.dim() == 3:  # a 4-D mask's row [1, L, L]: the pattern among real positions (bool or additive float)
         allowed = mask[0] if mask.dtype == torch.bool else mask[0] == 0
-        digest.update(allowed[real][:, real].cpu().numpy().tobytes())
+        digest.update(allowed[real][:, real].numpy().tobytes())
     return digest.digest()
 
 
