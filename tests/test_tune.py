@@ -25,7 +25,8 @@ from fedtune.cli import main as cli_main
 from fedtune.common.config import ConfigError, load_preset
 from fedtune.coordinator.checkpoint import load_checkpoint
 from fedtune.coordinator.report import read_metrics
-from fedtune.lab.tune.space import parse_tune
+from fedtune.lab.tune.results import trials_table
+from fedtune.lab.tune.space import Param, TuneSpec, parse_tune
 from fedtune.lab.tune.study import make_job, open_study, redact, run_study
 from fedtune.lab.tune.trial import final_values, round_value
 
@@ -123,6 +124,16 @@ def test_objectives_read_the_last_round_and_the_largest_epsilon_any_node_reporte
     assert round_value(records[1], "epsilon") == 5.5
     with pytest.raises(ValueError, match="eval_macro_f1"):
         final_values(records, 1.0, ["eval_macro_f1"])
+
+
+def test_the_trials_table_shows_sampled_floats_to_four_significant_digits():
+    spec = TuneSpec((Param("train.lr", float, 0.001, 0.1, log=True), Param("lora.r", int, choices=(2, 4))))
+    trial = optuna.trial.create_trial(
+        params={"train.lr": 0.050867221182929204, "lora.r": 4}, value=0.7,
+        distributions={"train.lr": optuna.distributions.FloatDistribution(0.001, 0.1, log=True),
+                       "lora.r": optuna.distributions.CategoricalDistribution((2, 4))})
+    row = trials_table([trial], spec)[2]
+    assert "| 0.05087 | 4 | 70.0% |" in row and "0.050867" not in row
 
 
 def test_a_storage_password_never_reaches_logs_or_the_report():

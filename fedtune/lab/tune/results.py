@@ -42,8 +42,13 @@ def _fmt(objective: str, value: float | None) -> str:
     return f"{value:.0f} s" if objective == "seconds" else f"{value:.4g}"
 
 
+def _value(v) -> str:
+    """A sampled value as people read it: floats to 4 significant digits (TPE samples 0.050867221182929204)."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _params(trial: FrozenTrial) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    return " ".join(f"{k}={_value(v)}" for k, v in trial.params.items())
 
 
 def trial_rounds(trial: FrozenTrial, objective: str) -> list[tuple[int, float | None]]:
@@ -77,7 +82,7 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     return list(study.best_trials) if len(study.directions) > 1 else [study.best_trial]
 
 
-def _table(trials: Sequence[FrozenTrial], spec: TuneSpec) -> list[str]:
+def trials_table(trials: Sequence[FrozenTrial], spec: TuneSpec) -> list[str]:
     keys = [p.key for p in spec.params]
     head = ["trial", "state", *keys, *spec.objectives, "per round", "seconds", "folder"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -85,7 +90,7 @@ def _table(trials: Sequence[FrozenTrial], spec: TuneSpec) -> list[str]:
         values = list(t.values or [None] * len(spec.objectives))
         rounds = ", ".join(_fmt(spec.objectives[0], v) for _, v in trial_rounds(t, spec.objectives[0]))
         cells = [str(t.number) + (" (preset)" if t.user_attrs.get("baseline") else ""), _state(t),
-                 *[str(t.params.get(k, "")) for k in keys], *[_fmt(o, v) for o, v in zip(spec.objectives, values)],
+                 *[_value(t.params.get(k, "")) for k in keys], *[_fmt(o, v) for o, v in zip(spec.objectives, values)],
                  rounds, str(t.user_attrs.get("seconds", "")), Path(t.user_attrs.get("out", "")).name]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -163,7 +168,7 @@ def render_report(study: optuna.Study, job: "TuneJob", plots: Sequence[Path]) ->
             lines += [f"- the preset's own values (trial {base[0].number}): "
                       + ", ".join(f"{o} {_fmt(o, v)}" for o, v in zip(spec.objectives, base[0].values))]
         lines += ["", "`best.toml` in this folder is the preset with the best trial's values.", ""]
-    lines += ["## Trials", "", *_table(trials, spec), ""]
+    lines += ["## Trials", "", *trials_table(trials, spec), ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + ([""] if plots else [])
     lines += ["## Privacy", "", PRIVACY_NOTE, ""]
     return "\n".join(lines)
