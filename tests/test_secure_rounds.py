@@ -22,6 +22,7 @@ from fedtune.common.secagg.round import RoundParams
 from fedtune.coordinator.rounds import Coordinator
 from fedtune.coordinator.strategy import FedAvg
 from fedtune.coordinator.secagg import SecAggServer
+from fedtune.node import optimizer_state
 from fedtune.node import secagg as secagg_client
 import fedtune.node.local_round
 
@@ -121,10 +122,12 @@ REPLY_RECORDS = {
 }
 
 
-def test_nothing_but_keys_ciphertexts_and_one_masked_vector_leaves_a_node(run_config, tmp_path):
+@pytest.mark.parametrize("carry", [False, True], ids=["fresh-adamw", "carried-moments"])
+def test_nothing_but_keys_ciphertexts_and_one_masked_vector_leaves_a_node(run_config, tmp_path, carry):
     """Every record of every reply of the training phase - arrays, configs and metrics - is one of
-    the SecAgg+ messages or a count/privacy figure; the only array is the masked uint32 vector."""
-    grid, coord, _, _ = federation(run_config, tmp_path)
+    the SecAgg+ messages or a count/privacy figure; the only array is the masked uint32 vector.
+    Also when the node keeps its AdamW moments for its next round (they stay in its Context.state)."""
+    grid, coord, _, _ = federation(run_config, tmp_path, **{"train.carry-optimizer-state": carry})
     coord.train(1, {})
     size = sum(a.size for a in coord.global_arrays.values())
     seen = set()
@@ -148,6 +151,7 @@ def test_nothing_but_keys_ciphertexts_and_one_masked_vector_leaves_a_node(run_co
         else:
             assert arrays == [], f"{mtype} reply of node {nid} carries arrays"
     assert seen == set(REPLY_RECORDS)
+    assert all((optimizer_state.STATE_KEY in ctx.state) == carry for ctx in grid.contexts.values())
     # and the masked vector is not the plaintext: its words look uniform
     masked = next(r.content["masked"]["masked"].numpy() for t, _, r in grid.sent if t == "train.secagg_mask")
     bits = np.unpackbits(masked.view(np.uint8))
@@ -356,3 +360,30 @@ def test_ffa_lora_round_under_secagg_sends_and_sums_only_b_and_fedadam_leaves_a_
     assert all(np.array_equal(after[n], before[n]) for n in before if "lora_A" in n)
     assert any(not np.array_equal(after[n], before[n]) for n in before if "lora_B" in n)
     assert set(coord.strategy.state_arrays()) == {f"{p}/{n}" for p in ("m", "v") for n in before if "lora_B" in n}
+
+
+def test_a_node_carries_its_own_moments_into_its_next_round_and_a_fresh_node_starts_without(run_config, tmp_path,
+                                                                                            monkeypatch):
+    """Round 2's DP stepper starts from exactly the moments round 1 left in that node's state."""
+    grid, coord, _, _ = federation(run_config, tmp_path, **{"train.carry-optimizer-state": True})
+    given = []
+    real = fedtune.node.local_round.DPStepper
+
+    def spy(*args, moments=None, **kwargs):
+        given.append(None if moments is None else {k: v.copy() for k, v in moments.items()})
+        return real(*args, moments=moments, **kwargs)
+
+    monkeypatch.setattr(fedtune.node.local_round, "DPStepper", spy)
+    coord.train(1, {})
+    assert given == [None] * NODES
+    kept = {nid: optimizer_state.load(ctx.state) for nid, ctx in grid.contexts.items()}
+    steps = RunConfig.from_flat(run_config).train.local_steps
+    for moments in kept.values():
+        assert {float(v[0]) for k, v in moments.items() if k.endswith("/step")} == {steps}
+    given.clear()
+    coord.train(2, {})
+    for nid, moments in zip(grid.node_ids, given):  # nodes train in id order on the loopback grid
+        assert moments.keys() == kept[nid].keys()
+        assert all(np.array_equal(moments[k], kept[nid][k]) for k in moments)
+    assert all({float(v[0]) for k, v in optimizer_state.load(ctx.state).items() if k.endswith("/step")} == {2 * steps}
+               for ctx in grid.contexts.values())

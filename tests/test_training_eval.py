@@ -199,3 +199,56 @@ def test_auto_precision_uses_bf16_only_where_this_machine_computes_it_natively(m
     bf16, fp32 = model_module._best_matmul_seconds(x.bfloat16()), model_module._best_matmul_seconds(x)
     if bf16 > 2 * fp32 or bf16 < 0.4 * fp32:
         assert model_module.native_bf16() is (bf16 < fp32)
+
+
+def _carry_run(model, enc, data, start, steps_per_round, carry: bool, private: bool):
+    """Train from ``start`` for rounds of ``steps_per_round`` full-batch steps; moments carried or fresh."""
+    from fedtune.common.adapters import set_adapter_arrays
+    from fedtune.node.privacy import DPPlan, DPStepper
+
+    set_adapter_arrays(model, start)
+    moments = None
+    for steps in steps_per_round:
+        cfg = TrainConfig(local_steps=steps, batch_size=len(data), lr=0.05)
+        # σ = 0, q = 1, C far above any gradient: DP-SGD's update is the plain full-batch gradient
+        stepper = DPStepper(model, len(data), cfg, DPPlan(0.0, 1.0, steps, 1e6), moments=moments) if private else None
+        result = train_local(model, enc, data, cfg, "fp32", seed=0, stepper=stepper,
+                             moments=None if private else moments)
+        moments = result.moments if carry else None
+    return get_adapter_arrays(model)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp"])
+def test_carried_moments_make_two_rounds_of_two_steps_one_adamw_run_of_four(tiny_peft, private):
+    """Full batches give the same gradient whatever the order: with the moments carried, 2 + 2 steps are
+    exactly 4 steps of one AdamW run; with a fresh AdamW each round they are not."""
+    model, _, enc = tiny_peft
+    data = enc.encode_all(generate_triage(8, seed=0))
+    start = get_adapter_arrays(model)
+    one_run = _carry_run(model, enc, data, start, [4], carry=True, private=private)
+    carried = _carry_run(model, enc, data, start, [2, 2], carry=True, private=private)
+    fresh = _carry_run(model, enc, data, start, [2, 2], carry=False, private=private)
+    moved = max(np.abs(one_run[n] - start[n]).max() for n in start)
+    assert moved > 0.05
+    for n in start:
+        np.testing.assert_allclose(carried[n], one_run[n], rtol=1e-5, atol=1e-6)
+    assert max(np.abs(fresh[n] - one_run[n]).max() for n in start) > 0.1 * moved
+
+
+def test_moments_of_another_adapter_shape_are_ignored_and_training_starts_fresh(tiny_peft):
+    from fedtune.common.adapters import trainable_parameters
+    from fedtune.node.optimizer_state import restore_moments
+
+    model, _, _ = tiny_peft
+    named = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(list(named.values()))
+    bad = {}
+    for name, p in named.items():
+        bad[f"{name}/exp_avg"] = np.zeros((p.shape[0] + 1, *p.shape[1:]), np.float32)  # lora.r changed
+        bad[f"{name}/exp_avg_sq"] = np.zeros(p.shape, np.float32)
+        bad[f"{name}/step"] = np.ones(1)
+    assert restore_moments(optimizer, named, bad) is False and not optimizer.state
+    good = {k: (np.zeros(named[k.rsplit("/", 1)[0]].shape, np.float32) if not k.endswith("/step") else v)
+            for k, v in bad.items()}
+    assert restore_moments(optimizer, named, {**good, "other.lora_B/exp_avg": np.zeros(2)}) is False
+    assert restore_moments(optimizer, named, good) is True and len(optimizer.state) == len(named)

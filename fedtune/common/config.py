@@ -169,6 +169,10 @@ class TrainConfig:
         0.0, "FedProx μ: after each local step the adapter is pulled toward the round's global adapter by "
         "lr·μ·(w − w_global) (decoupled, like AdamW's weight decay; data-independent, so DP is unaffected)",
         _non_negative)
+    carry_optimizer_state: bool = _opt(
+        False, "keep each node's AdamW moments from one of its rounds to its next (in the node's Flower "
+        "Context.state, never sent; computed from DP-SGD's noised updates only, so no cost in ε) instead of a "
+        "fresh AdamW every round, whose first step is lr·sign(g): mostly noise under DP")
     seed: int = _opt(0, "seed of adapter initialisation and batch sampling")
 
 

@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from fedtune.common.config import RunConfig
 from fedtune.common.messages import OK, REFUSED, from_record, to_record
 from fedtune.common.secagg.params import clip_bound
-from fedtune.node import replies
+from fedtune.node import optimizer_state, replies
 from fedtune.node import secagg as secagg_client
 from fedtune.node.identity import node_trust
 from fedtune.node.local_data import node_name
@@ -34,7 +34,10 @@ def train(msg: Message, context: Context) -> Message:
         trust = node_trust(context.node_config, policy) if cfg.secagg.enabled else None  # before any training
         rnd = int(msg.content["config"]["round"])
         global_arrays = from_record(msg.content["adapter"])
-        local = train_round(cfg, context.node_config, int(context.run_id), rnd, global_arrays)
+        local = train_round(cfg, context.node_config, int(context.run_id), rnd, global_arrays,
+                            moments=optimizer_state.load(context.state))
+        if local.moments is not None:  # kept here for this node's next round; never part of a reply
+            optimizer_state.save(context.state, local.moments)
         if local.update is None:
             return replies.result(msg, local.data.name, local.status, local.metrics)
         if cfg.secagg.enabled:  # keep the delta here; only public keys leave now, a masked vector later

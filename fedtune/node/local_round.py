@@ -35,22 +35,26 @@ class LocalRound:
     status: str  # "ok" or BUDGET_EXHAUSTED (nothing trained, nothing to send)
     metrics: dict
     update: "OrderedDict[str, np.ndarray] | None" = None
+    moments: dict | None = None  # AdamW moments to carry to this node's next round (train.carry-optimizer-state)
 
 
 def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, global_arrays: Mapping[str, np.ndarray],
-                cache: NodeCache = NODE_PROCESS) -> LocalRound:
-    """One round of local work under the node's own policy (PolicyRefusal if the run asks for less privacy)."""
+                cache: NodeCache = NODE_PROCESS, moments: Mapping[str, np.ndarray] | None = None) -> LocalRound:
+    """One round of local work under the node's own policy (PolicyRefusal if the run asks for less privacy).
+    ``moments``: this node's AdamW moments from its last round, used where ``train.carry-optimizer-state``."""
     policy = NodePolicy.of(node_config, cfg)
     eff = policy.effective(cfg)
     # the model holds exactly the received global adapter (anything else is refused)
     model, encoder, data = cache.prepare(cfg, node_config, global_arrays)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, lr=round_lr(cfg.train, cfg.federation.rounds, rnd)))  # this round's rate, for both steppers
+    moments = dict(moments) if cfg.train.carry_optimizer_state and moments else None
     seed = int(np.random.SeedSequence([cfg.train.seed, rnd, zlib.crc32(data.name.encode())]).generate_state(1)[0])
     if not eff.enabled:  # only where the node's policy allows it (simulations; require-dp = false)
-        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, labels=data.labels)
+        result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, labels=data.labels,
+                             moments=moments)
         metrics = {**_counts(data), "train_loss": result.loss, **_work(result)}
-        return LocalRound(data, OK, metrics, _update(model, global_arrays, cfg))
+        return LocalRound(data, OK, metrics, _update(model, global_arrays, cfg), _carried(cfg, result))
     state = policy.state_dir_for(cfg, data.name, run_id)
     # One round at a time per state dir, from the budget check to the ledger write: two runs (or two
     # SuperNodes sharing the folder) can never both spend the same remaining budget.
@@ -66,14 +70,18 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
             return LocalRound(data, BUDGET_EXHAUSTED, metrics)
         metrics["noise_multiplier"] = privacy.plan.noise_multiplier
         with DPStepper(model, data.units, cfg.train, privacy.plan, cfg.privacy.clipping, data.groups,
-                       privacy.units_per_batch) as stepper:
+                       privacy.units_per_batch, moments=moments) as stepper:
             result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, stepper,
                                      labels=data.labels)
         update = _update(model, global_arrays, cfg)
         ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)  # persisted before anything leaves
     # No training loss: it is computed from the private Poisson batch and DP-SGD does not cover it.
     metrics.update(epsilon=ledger.epsilon(delta=privacy.delta), **_work(result))
-    return LocalRound(data, OK, metrics, update)
+    return LocalRound(data, OK, metrics, update, _carried(cfg, result))
+
+
+def _carried(cfg: RunConfig, result) -> dict | None:
+    return result.moments if cfg.train.carry_optimizer_state else None
 
 
 def open_ledger(cfg: RunConfig, policy: NodePolicy, eff: EffectivePrivacy, data: NodeData, state) -> PrivacyLedger:

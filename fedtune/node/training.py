@@ -19,6 +19,7 @@ from fedtune.common.adapters import trainable_parameters
 from fedtune.common.config import TrainConfig
 from fedtune.common.data.prompts import Encoded, PromptEncoder
 from fedtune.common.objective import objective_for
+from fedtune.node.optimizer_state import export_moments, restore_moments
 
 
 @dataclass
@@ -27,6 +28,7 @@ class TrainResult:
     steps: int
     samples: int  # samples processed (sum of batch sizes)
     seconds: float
+    moments: dict | None = None  # the AdamW moments after the last step (kept on the node, never sent)
 
 
 class Stepper(Protocol):
@@ -38,6 +40,9 @@ class Stepper(Protocol):
 
     def step_empty(self) -> None:
         """Update on an empty batch (possible under Poisson sampling)."""
+
+    def moments(self) -> dict:
+        """The optimiser's moments by parameter name (``optimizer_state``)."""
 
     def close(self) -> None:
         ...
@@ -55,9 +60,10 @@ def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> Itera
 class PlainStepper:
     """Non-private AdamW on shuffled fixed-size batches."""
 
-    def __init__(self, model, num_records: int, cfg: TrainConfig, seed: int):
-        params = list(trainable_parameters(model).values())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    def __init__(self, model, num_records: int, cfg: TrainConfig, seed: int, moments: dict | None = None):
+        self.named = trainable_parameters(model)
+        self.optimizer = torch.optim.AdamW(list(self.named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        restore_moments(self.optimizer, self.named, moments)
         self._batches = shuffled_batches(num_records, cfg.batch_size, np.random.default_rng(seed))
 
     def batches(self) -> Iterator[np.ndarray]:
@@ -70,6 +76,9 @@ class PlainStepper:
 
     def step_empty(self) -> None:  # fixed-size batches are never empty
         raise AssertionError("unreachable")
+
+    def moments(self) -> dict:
+        return export_moments(self.optimizer, self.named)
 
     def close(self) -> None:
         pass
@@ -85,14 +94,16 @@ def train_local(
     stepper: Stepper | None = None,
     progress: Callable[[int, float], None] | None = None,
     labels: Sequence[str] = (),
+    moments: dict | None = None,
 ) -> TrainResult:
-    """Train the adapter in place for ``cfg.local_steps`` steps; return loss and timing.
-    ``labels``: the task's label set (the ``labels`` objective scores the answer against them)."""
+    """Train the adapter in place for ``cfg.local_steps`` steps; return loss, timing and the optimiser's moments.
+    ``labels``: the task's label set (the ``labels`` objective scores the answer against them); ``moments``:
+    AdamW moments carried from the node's last round, for the plain stepper (a DP stepper gets its own)."""
     if not data:
         raise ValueError("no training records on this node")
     objective = objective_for(cfg.objective, encoder, data, labels, precision)
     private = stepper is not None
-    stepper = stepper or PlainStepper(model, len(data), cfg, seed)
+    stepper = stepper or PlainStepper(model, len(data), cfg, seed, moments)
     with torch.random.fork_rng(devices=[]):
         if not private:  # LoRA dropout draws from torch's global RNG: seed it so a resumed run repeats the round.
             torch.manual_seed(seed)  # Never under DP: its noise must not be reproducible from a known seed.
@@ -127,8 +138,9 @@ def _train_steps(model, objective, cfg, stepper, progress) -> TrainResult:
                 proximal_pull(params, anchor, cfg.lr, cfg.proximal_mu)
             if progress and len(idx):
                 progress(step, losses[-1])
+        moments = stepper.moments()
     finally:
         stepper.close()
         model.eval()
     return TrainResult(float(np.mean(losses)) if losses else float("nan"), cfg.local_steps, samples,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, moments)

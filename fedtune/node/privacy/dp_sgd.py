@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedtune.common.adapters import trainable_parameters
 from fedtune.common.config import TrainConfig
+from fedtune.node.optimizer_state import export_moments, restore_moments
 
 MODES = ("hooks", "ghost")
 
@@ -75,9 +76,10 @@ def _secure_generator() -> torch.Generator:
 
 class DPStepper:
     def __init__(self, model, num_units: int, cfg: TrainConfig, plan: DPPlan, mode: str = "hooks",
-                 groups: np.ndarray | None = None, units_per_batch: int | None = None):
+                 groups: np.ndarray | None = None, units_per_batch: int | None = None, moments: dict | None = None):
         """``num_units``: records, or groups when ``groups`` gives each record's group index;
-        ``units_per_batch``: the expected batch in those units (default ``cfg.batch_size``)."""
+        ``units_per_batch``: the expected batch in those units (default ``cfg.batch_size``);
+        ``moments``: AdamW moments carried from the node's last round (``optimizer_state``)."""
         if mode not in MODES:
             raise ValueError(f"unknown DP clipping mode {mode!r}; use one of {MODES}")
         if groups is not None and mode != "hooks":
@@ -87,8 +89,11 @@ class DPStepper:
         self.mode = mode
         self.members = None if groups is None else [np.flatnonzero(groups == g) for g in range(num_units)]
         self._row_group: torch.Tensor | None = None  # group position of each row of the current batch
-        self.params = list(trainable_parameters(model).values())
+        self.named = trainable_parameters(model)
+        self.params = list(self.named.values())
         optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        restore_moments(optimizer, self.named, moments)  # before Opacus wraps it: its steps update these moments
+        self._adamw = optimizer
         loader = DataLoader(_Indices(num_units), batch_size=units_per_batch or cfg.batch_size,
                             generator=_secure_generator())
         model.train()  # Opacus refuses a module in eval mode
@@ -162,6 +167,9 @@ class DPStepper:
             else:  # the hooks' optimizer clips and sums per-sample rows: there are none
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=torch.float32, device=p.device)
         self.optimizer.step()
+
+    def moments(self) -> dict:
+        return export_moments(self._adamw, self.named)
 
     def __enter__(self) -> "DPStepper":
         return self
