@@ -162,16 +162,61 @@ app = DroppingClientApp()
 '''
 
 
-def _dropping_app(folder: Path, drop: dict[int, str]) -> Path:
-    """A Flower app folder: fedtune's pyproject with a ClientApp that loses the chosen nodes."""
+def _wrapped_app(folder: Path, module: str, source: str) -> Path:
+    """A Flower app folder: fedtune's pyproject with the ClientApp ``module:app`` written from ``source``."""
     from fedtune.lab.simulation import APP_DIR
 
     folder.mkdir()
     text = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
     (folder / "pyproject.toml").write_text(
-        text.replace('clientapp = "fedtune.node.client_app:app"', 'clientapp = "dropping_app:app"'), encoding="utf-8")
-    (folder / "dropping_app.py").write_text(DROPPING_APP.format(drop=drop), encoding="utf-8")
+        text.replace('clientapp = "fedtune.node.client_app:app"', f'clientapp = "{module}:app"'), encoding="utf-8")
+    (folder / f"{module}.py").write_text(source, encoding="utf-8")
     return folder
+
+
+def _dropping_app(folder: Path, drop: dict[int, str]) -> Path:
+    """A Flower app folder whose ClientApp loses the chosen nodes."""
+    return _wrapped_app(folder, "dropping_app", DROPPING_APP.format(drop=drop))
+
+
+MOMENTS_SPY_APP = '''"""fedtune's ClientApp, noting at each train message the AdamW moments the node finds in its Context.state."""
+import json
+
+from flwr.clientapp import ClientApp
+
+from fedtune.node import optimizer_state
+from fedtune.node.client_app import app as fedtune_app
+
+
+class MomentsSpy(ClientApp):
+    def __call__(self, message, context):
+        if message.metadata.message_type == "train":
+            moments = optimizer_state.load(context.state) or {{}}
+            steps = sorted({{float(v[0]) for k, v in moments.items() if k.endswith("/step")}})
+            with open({log!r}, "a") as f:
+                f.write(json.dumps([int(context.node_config["partition-id"]), steps]) + "\\n")
+        return fedtune_app(message, context)
+
+
+app = MomentsSpy()
+'''
+
+
+def test_in_a_flower_simulation_each_node_finds_its_round_one_moments_in_round_two(tiny_model_dir, tmp_path):
+    """Flower's Simulation Runtime keeps each node's Context.state between rounds: carried moments arrive."""
+    from fedtune.common.config import load_preset
+    from fedtune.lab.simulation import run_simulation_config
+
+    cfg, info = load_preset(None, [
+        f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=90",
+        "train.local-steps=2", "train.batch-size=4", "train.carry-optimizer-state=true", "federation.rounds=2",
+        "federation.min-nodes=3", "simulation.nodes=3", "simulation.cpus-per-node=1", "data.eval-fraction=0.2"])
+    log = tmp_path / "moments.jsonl"
+    app = _wrapped_app(tmp_path / "app", "moments_spy", MOMENTS_SPY_APP.format(log=str(log)))
+    run_simulation_config(cfg, info, tmp_path / "run", quiet=True, app_dir=app)
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(p for p, _ in seen[:3]) == [0, 1, 2] and all(steps == [] for _, steps in seen[:3])
+    assert sorted(p for p, _ in seen[3:]) == [0, 1, 2] and all(steps == [2.0] for _, steps in seen[3:])
 
 
 def test_real_nodes_lost_mid_protocol_in_a_flower_simulation_and_the_round_completes(tiny_model_dir, tmp_path):
