@@ -30,10 +30,10 @@ def raise_on(monkeypatch, should_fail):
     """Make the real ClientApp's training raise on the nodes and rounds ``should_fail(partition, round)`` picks."""
     real = fedtune.node.client_app.train_round
 
-    def train_round(cfg, node_config, run_id, rnd, global_arrays):
+    def train_round(cfg, node_config, run_id, rnd, global_arrays, **kwargs):
         if should_fail(int(node_config["partition-id"]), rnd):
             raise OSError("disk full on this node")
-        return real(cfg, node_config, run_id, rnd, global_arrays)
+        return real(cfg, node_config, run_id, rnd, global_arrays, **kwargs)
 
     monkeypatch.setattr(fedtune.node.client_app, "train_round", train_round)
 

@@ -18,7 +18,8 @@ def test_secagg_overhead_benchmark_compares_against_flower_builtin(tiny_model_di
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "secagg_overhead.py"), "--nodes", "4", "--out", str(tmp_path),
          "--set", f"model.name={json.dumps(str(tiny_model_dir))}", "--set", "model.precision=fp32",
-         "--set", "data.records=160", "--set", "train.batch-size=4", "--set", "lora.top-layers=1"],
+         "--set", "data.records=160", "--set", "train.batch-size=4", "--set", "lora.top-layers=1",
+         "--set", "train.local-steps=1"],  # bytes are what this test checks: one step is enough
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
