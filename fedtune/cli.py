@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fedtune.common.config import ConfigError
+from fedtune.common.errors import loaded_classes
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -295,27 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors that are the user's to fix: shown as one line, exit code 2 (module -> class).
+USER_ERRORS = {
+    "fedtune.common.config": "ConfigError", "fedtune.common.data.errors": "DataError",
+    "fedtune.common.files": "FolderBusy", "fedtune.common.model": "ModelError",
+    "fedtune.common.secagg.roster": "RosterError", "fedtune.coordinator.certs": "CertError",
+    "fedtune.coordinator.checkpoint": "CheckpointError", "fedtune.lab.simulation": "SimulationError",
+    "fedtune.node.node_key": "NodeKeyError", "fedtune.node.privacy.ledger": "LedgerError",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fedtune.common.data import DataError
-    from fedtune.common.files import FolderBusy
-    from fedtune.common.model import ModelError
-    from fedtune.coordinator.certs import CertError
-    from fedtune.coordinator.checkpoint import CheckpointError
-    from fedtune.lab.simulation import SimulationError
-    from fedtune.node.node_key import NodeKeyError
-    from fedtune.common.secagg.roster import RosterError
-    from fedtune.node.privacy.ledger import LedgerError
-
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError, SimulationError, LedgerError, CertError, NodeKeyError,
-            CheckpointError, FolderBusy, RosterError) as exc:
-        print(f"fedtune: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("fedtune: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not isinstance(exc, loaded_classes(USER_ERRORS)):
+            raise
+        print(f"fedtune: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""End to end through Flower's Simulation Runtime (``flwr run`` + managed local SuperLink + Ray)."""
+"""End to end through Flower's Simulation Runtime (``flwr run`` + managed local SuperLink + Ray).
+
+One shared run (``tiny_run``) serves most tests: starting Flower costs tens of seconds each time."""
 
 import json
 import subprocess
@@ -13,17 +15,43 @@ from fedtune.lab.simulation import simulate
 pytestmark = pytest.mark.simulation
 
 
+MOMENTS_SPY_APP = '''"""fedtune's ClientApp, noting at each train message the AdamW moments the node finds in its Context.state."""
+import json
+
+from flwr.clientapp import ClientApp
+
+from fedtune.node import optimizer_state
+from fedtune.node.client_app import app as fedtune_app
+
+
+class MomentsSpy(ClientApp):
+    def __call__(self, message, context):
+        if message.metadata.message_type == "train":
+            moments = optimizer_state.load(context.state) or {{}}
+            steps = sorted({{float(v[0]) for k, v in moments.items() if k.endswith("/step")}})
+            with open({log!r}, "a") as f:
+                f.write(json.dumps([int(context.node_config["partition-id"]), steps]) + "\\n")
+        return fedtune_app(message, context)
+
+
+app = MomentsSpy()
+'''
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim") / "run"
-    result = simulate(
-        None,
-        [f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=120",
-         "train.local-steps=3", "train.batch-size=4", "train.lr=0.01", "federation.rounds=2",
-         "federation.min-nodes=3", "simulation.nodes=3", "simulation.cpus-per-node=1"],
-        out, quiet=True,
-    )
-    return result
+    """3 nodes, 2 rounds, DP and SecAgg+ on (the defaults), carried optimizer moments. The ClientApp is
+    fedtune's behind a spy that only notes which moments each node finds at each train message."""
+    from fedtune.common.config import load_preset
+    from fedtune.lab.simulation import run_simulation_config
+
+    folder = tmp_path_factory.mktemp("sim")
+    cfg, info = load_preset(None, [
+        f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=120",
+        "train.local-steps=3", "train.batch-size=4", "train.lr=0.01", "train.carry-optimizer-state=true",
+        "federation.rounds=2", "federation.min-nodes=3", "simulation.nodes=3", "simulation.cpus-per-node=1"])
+    app = _wrapped_app(folder / "app", "moments_spy", MOMENTS_SPY_APP.format(log=str(folder / "moments.jsonl")))
+    return run_simulation_config(cfg, info, folder / "run", quiet=True, app_dir=app)
 
 
 def test_rounds_are_recorded_from_round_zero(tiny_run):
@@ -179,44 +207,11 @@ def _dropping_app(folder: Path, drop: dict[int, str]) -> Path:
     return _wrapped_app(folder, "dropping_app", DROPPING_APP.format(drop=drop))
 
 
-MOMENTS_SPY_APP = '''"""fedtune's ClientApp, noting at each train message the AdamW moments the node finds in its Context.state."""
-import json
-
-from flwr.clientapp import ClientApp
-
-from fedtune.node import optimizer_state
-from fedtune.node.client_app import app as fedtune_app
-
-
-class MomentsSpy(ClientApp):
-    def __call__(self, message, context):
-        if message.metadata.message_type == "train":
-            moments = optimizer_state.load(context.state) or {{}}
-            steps = sorted({{float(v[0]) for k, v in moments.items() if k.endswith("/step")}})
-            with open({log!r}, "a") as f:
-                f.write(json.dumps([int(context.node_config["partition-id"]), steps]) + "\\n")
-        return fedtune_app(message, context)
-
-
-app = MomentsSpy()
-'''
-
-
-def test_in_a_flower_simulation_each_node_finds_its_round_one_moments_in_round_two(tiny_model_dir, tmp_path):
+def test_in_a_flower_simulation_each_node_finds_its_round_one_moments_in_round_two(tiny_run):
     """Flower's Simulation Runtime keeps each node's Context.state between rounds: carried moments arrive."""
-    from fedtune.common.config import load_preset
-    from fedtune.lab.simulation import run_simulation_config
-
-    cfg, info = load_preset(None, [
-        f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=90",
-        "train.local-steps=2", "train.batch-size=4", "train.carry-optimizer-state=true", "federation.rounds=2",
-        "federation.min-nodes=3", "simulation.nodes=3", "simulation.cpus-per-node=1", "data.eval-fraction=0.2"])
-    log = tmp_path / "moments.jsonl"
-    app = _wrapped_app(tmp_path / "app", "moments_spy", MOMENTS_SPY_APP.format(log=str(log)))
-    run_simulation_config(cfg, info, tmp_path / "run", quiet=True, app_dir=app)
-    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    seen = [json.loads(line) for line in (tiny_run.out.parent / "moments.jsonl").read_text().splitlines()]
     assert sorted(p for p, _ in seen[:3]) == [0, 1, 2] and all(steps == [] for _, steps in seen[:3])
-    assert sorted(p for p, _ in seen[3:]) == [0, 1, 2] and all(steps == [2.0] for _, steps in seen[3:])
+    assert sorted(p for p, _ in seen[3:]) == [0, 1, 2] and all(steps == [3.0] for _, steps in seen[3:])
 
 
 def test_real_nodes_lost_mid_protocol_in_a_flower_simulation_and_the_round_completes(tiny_model_dir, tmp_path):

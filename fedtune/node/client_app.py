@@ -1,7 +1,11 @@
 """The node's Flower ClientApp: train on local records (DP-SGD by default), evaluate, and release
 the LoRA delta only through SecAgg+ (``train.secagg_*`` actions; or in the clear when the run
 and the node's policy allow it).  Every privacy decision is the node's own (``policy.py``);
-what may leave in a reply is decided in ``replies.py``."""
+what may leave in a reply is decided in ``replies.py``.
+
+Deployed, Flower starts a fresh process for every message, so this module imports only what the
+SecAgg+ stages need (numpy, ``cryptography``); training and evaluation import torch and the model
+when a train or evaluate message arrives (``tests/test_light_processes.py`` holds that line)."""
 
 from __future__ import annotations
 
@@ -11,19 +15,19 @@ from flwr.clientapp import ClientApp
 from fedtune.common.config import RunConfig
 from fedtune.common.messages import OK, REFUSED, from_record, to_record
 from fedtune.common.secagg.params import clip_bound
-from fedtune.node import optimizer_state, replies
+from fedtune.node import replies
 from fedtune.node import secagg as secagg_client
 from fedtune.node.identity import node_trust
-from fedtune.node.local_data import node_name
-from fedtune.node.local_eval import evaluate_round
-from fedtune.node.local_round import train_round
-from fedtune.node.policy import NodePolicy, PolicyRefusal
+from fedtune.node.policy import NodePolicy, PolicyRefusal, node_name
 
 app = ClientApp()
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from fedtune.node import optimizer_state
+    from fedtune.node.local_round import train_round
+
     secagg_client.forget(context.state)  # secrets of an earlier, unfinished round
     try:
         cfg = RunConfig.from_flat(context.run_config)
@@ -79,6 +83,8 @@ app.train("secagg_unmask")(_secagg_stage(secagg_client.unmask))
 
 @app.evaluate()
 def evaluate_adapter(msg: Message, context: Context) -> Message:
+    from fedtune.node.local_eval import evaluate_round
+
     try:
         cfg = RunConfig.from_flat(context.run_config)
         name, metrics = evaluate_round(cfg, context.node_config, int(context.run_id),

@@ -13,8 +13,7 @@ from typing import Mapping
 from fedtune.common.secagg.crypto import signing_public_key
 from fedtune.common.secagg.protocol import Trust
 from fedtune.common.secagg.roster import Roster, RosterError, SimulatedRoster, load_signing_key, simulated_signing_key
-from fedtune.node.local_data import node_name
-from fedtune.node.policy import NodePolicy, PolicyError
+from fedtune.node.policy import NodePolicy, PolicyError, node_name
 
 
 def node_trust(node_config: Mapping[str, object], policy: NodePolicy) -> Trust:

@@ -20,7 +20,7 @@ import numpy as np
 from fedtune.common.config import DataConfig, RunConfig
 from fedtune.common.data import (DataError, Encoded, Example, PromptEncoder, load_data_file, partition,
                                  simulation_pool, train_eval_split)
-from fedtune.node.policy import NodePolicy
+from fedtune.node.policy import NodePolicy, node_name
 from fedtune.node.privacy.ledger import dataset_fingerprint
 
 
@@ -59,14 +59,6 @@ def raw_fingerprint(path: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
-
-
-def node_name(node_config: Mapping[str, object]) -> str:
-    """The name a node reports: its node config's ``name`` (else its data file's stem), or
-    ``hospital-<partition>`` in a simulation."""
-    if "data-path" in node_config:
-        return str(node_config.get("name", Path(str(node_config["data-path"])).stem))
-    return f"hospital-{node_config.get('partition-id', '?')}"
 
 
 def node_examples(cfg: DataConfig, node_config: Mapping[str, object], policy: NodePolicy | None = None) -> NodeExamples:

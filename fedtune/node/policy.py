@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from fedtune.common.config import ConfigError, RunConfig
-from fedtune.common.model import cache_root
+from fedtune.common.files import cache_root
 
 DEFAULT_MAX_EPSILON = 8.0  # a deployed node that sets no budget gets this one
 DEFAULT_MIN_EVAL_RECORDS = 20
@@ -38,6 +38,14 @@ class PolicyRefusal(PermissionError):
 
 def is_simulated(node_config: Mapping[str, object]) -> bool:
     return "partition-id" in node_config and "data-path" not in node_config
+
+
+def node_name(node_config: Mapping[str, object]) -> str:
+    """The name a node reports: its node config's ``name`` (else its data file's stem), or
+    ``hospital-<partition>`` in a simulation."""
+    if "data-path" in node_config:
+        return str(node_config.get("name", Path(str(node_config["data-path"])).stem))
+    return f"hospital-{node_config.get('partition-id', '?')}"
 
 
 @dataclass(frozen=True)

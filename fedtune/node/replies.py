@@ -13,24 +13,22 @@ from logging import ERROR
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
-from fedtune.common.adapters import AdapterMismatch
-from fedtune.common.config import ConfigError
-from fedtune.common.data import DataError
-from fedtune.common.files import LockTimeout
+from fedtune.common.errors import loaded_classes
 from fedtune.common.messages import error_reply
-from fedtune.common.model import ModelError
-from fedtune.common.secagg.crypto import SecAggError
-from fedtune.node.policy import PolicyRefusal
-from fedtune.node.privacy.ledger import LedgerError
 
-# Exceptions whose messages name only lines, fields, paths and settings: ours, written that way, and
-# the operating system's (an errno and a path).
-CONTENT_FREE = (AdapterMismatch, ConfigError, DataError, LedgerError, LockTimeout, ModelError, PolicyRefusal,
-                SecAggError, OSError)
+
+# Exceptions whose messages name only lines, fields, paths and settings (module -> class): ours,
+# written that way, and the operating system's (an errno and a path).
+CONTENT_FREE = {
+    "fedtune.common.adapters": "AdapterMismatch", "fedtune.common.config": "ConfigError",
+    "fedtune.common.data.errors": "DataError", "fedtune.node.privacy.ledger": "LedgerError",
+    "fedtune.common.files": "LockTimeout", "fedtune.common.model": "ModelError",
+    "fedtune.node.policy": "PolicyRefusal", "fedtune.common.secagg.crypto": "SecAggError", "builtins": "OSError",
+}
 
 
 def public_reason(exc: BaseException) -> str:
-    if isinstance(exc, CONTENT_FREE):
+    if isinstance(exc, loaded_classes(CONTENT_FREE)):
         return f"{type(exc).__name__}: {getattr(exc, 'public', exc)}"
     return f"{type(exc).__name__} (details in the node's own log)"
 
