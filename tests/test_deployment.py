@@ -152,6 +152,9 @@ def deployment(tmp_path_factory, tiny_model_dir):
             "lora.r": 4, "lora.alpha": 8.0, "train.batch-size": 4, "train.local-steps": 2,
             "federation.rounds": 2, "federation.min-nodes": NODES, "federation.node-wait-timeout": 120.0,
             "privacy.enabled": True, "secagg.enabled": True, "secagg.stage-timeout": 120.0,
+            # these files declare no label set, so answers are generated, and the random tiny model never
+            # ends one: 8 tokens per answer, not 64
+            "train.eval-max-new-tokens": 8,
         }.items()) + "\n")
         submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", run_config], env=env,
                                 capture_output=True, text=True, timeout=900)
