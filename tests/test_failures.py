@@ -15,7 +15,7 @@ from fedtune.coordinator.report import read_metrics
 from fedtune.coordinator.rounds import Coordinator
 from fedtune.coordinator.secagg import SecAggServer
 from fedtune.coordinator.server_app import run_federation
-import fedtune.node.client_app
+import fedtune.node.local_round
 
 from loopback import LoopbackGrid
 from snapshots import folder_state
@@ -28,14 +28,14 @@ def make_run(run_config, out: Path, nodes: int = 4, **overrides):
 
 def raise_on(monkeypatch, should_fail):
     """Make the real ClientApp's training raise on the nodes and rounds ``should_fail(partition, round)`` picks."""
-    real = fedtune.node.client_app.train_round
+    real = fedtune.node.local_round.train_round
 
     def train_round(cfg, node_config, run_id, rnd, global_arrays, **kwargs):
         if should_fail(int(node_config["partition-id"]), rnd):
             raise OSError("disk full on this node")
         return real(cfg, node_config, run_id, rnd, global_arrays, **kwargs)
 
-    monkeypatch.setattr(fedtune.node.client_app, "train_round", train_round)
+    monkeypatch.setattr(fedtune.node.local_round, "train_round", train_round)  # the ClientApp imports it per message
 
 
 def test_one_of_four_nodes_raising_every_round_the_run_completes_and_reports_it(run_config, tmp_path, monkeypatch):
