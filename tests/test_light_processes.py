@@ -1,11 +1,12 @@
-"""Processes that must start light. Deployed, Flower starts a fresh ClientApp process for every message, so whatever the ClientApp
-module imports is paid four more times per round for the SecAgg+ stages. Those stages work on
-numpy arrays and keys only: they must not load torch, transformers, PEFT or Opacus.
+"""Processes that must start light, without torch, transformers, PEFT or Opacus.
 
-The check runs in a fresh interpreter: 4 simulated nodes keep a delta each (as the train handler
-leaves it), a real ``SecAggServer`` drives the share, mask, confirm and unmask stages through the
-real ClientApp over the in-memory grid, the coordinator's decoded sum must equal the nodes' true
-weighted sum, and none of those libraries may have been imported by then."""
+Deployed, Flower starts a fresh ClientApp process for every message, so whatever the ClientApp
+module imports is paid four more times per round for the SecAgg+ stages, which work on numpy
+arrays and keys only. The first check runs in a fresh interpreter: 4 simulated nodes keep a delta
+each (as the train handler leaves it), a real ``SecAggServer`` drives the share, mask, confirm and
+unmask stages through the real ClientApp over the in-memory grid, the coordinator's decoded sum
+must equal the nodes' true weighted sum, and none of those libraries may have been imported by
+then. The operator's key, roster and app commands are held to the same line."""
 
 from __future__ import annotations
 
