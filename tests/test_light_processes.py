@@ -52,12 +52,17 @@ print(json.dumps({"stages": sorted({t for t, _, _ in grid.sent}), "survivors": l
 """
 
 
-def test_a_secagg_round_through_the_client_app_imports_no_torch_transformers_peft_or_opacus():
+def run_fresh(script: str, *args: str) -> dict:
+    """Run ``script`` in a fresh interpreter on this tree (``HEAVY`` defined); its last line, as JSON."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    res = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{SCRIPT}"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{script}", *args], env=env,
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_a_secagg_round_through_the_client_app_imports_no_torch_transformers_peft_or_opacus():
+    out = run_fresh(SCRIPT)
     assert out["stages"] == ["train.secagg_confirm", "train.secagg_mask", "train.secagg_share", "train.secagg_unmask"]
     assert out["survivors"] == 4 and abs(out["weight"] - (10 + 11 + 12 + 13)) < 1e-3
     assert out["max_error"] < 1e-3  # the exact sum, up to SecAgg+'s fixed-point quantisation
@@ -79,11 +84,7 @@ print(json.dumps({"codes": codes, "heavy": sorted(m for m in HEAVY if m in sys.m
 def test_key_roster_and_app_commands_run_without_loading_torch_even_when_one_fails(tmp_path):
     """An operator's key, roster and app-hash commands (and the deployment scripts that call them) start
     in about a second: they never load torch and co., not even to report a user error (exit code 2)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{KEY_COMMANDS}", str(tmp_path), str(ROOT)],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_fresh(KEY_COMMANDS, str(tmp_path), str(ROOT))
     assert out["codes"] == [0, 0, 0, 2]
     assert out["heavy"] == [], f"an operator command loaded {out['heavy']}"
 
