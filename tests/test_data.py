@@ -41,6 +41,27 @@ def test_label_skew_partition_is_disjoint_complete_skewed_and_reproducible():
     assert sorted(len(p) for p in iid_parts) == [300] * 4
 
 
+def test_synthetic_triage_prompt_follows_list_labels_and_instruction():
+    """`data.list-labels` and `data.instruction` shape the demo notes' prompt as they do a classification file's,
+    on every node and in the adapter's saved system prompt (what `fedtune generate` uses); the notes stay the same."""
+    from fedtune.common.config import RunConfig
+    from fedtune.common.data.load import simulation_pool
+    from fedtune.coordinator.rounds import adapter_meta
+
+    def system(flat):
+        cfg = RunConfig.from_flat({"data.records": 12, **flat})
+        pool, labels = simulation_pool(cfg.data)
+        prompts = {e.messages[0]["content"] for e in pool}
+        assert len(prompts) == 1 and labels == DEPARTMENTS and adapter_meta(cfg)["system"] in prompts
+        return prompts.pop(), [e.messages[1:] for e in pool]
+
+    listed, notes = system({})
+    assert all(d in listed for d in DEPARTMENTS) and system({"data.list-labels": "yes"})[0] == listed
+    unlisted, same_notes = system({"data.list-labels": "no"})
+    assert same_notes == notes and not any(d in unlisted for d in DEPARTMENTS)
+    assert system({"data.instruction": "Which department?"})[0] == "Which department?"
+
+
 def test_train_eval_split_is_disjoint():
     items = list(range(50))
     train, held = train_eval_split(items, 0.2, seed=0)

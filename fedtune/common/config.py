@@ -111,10 +111,12 @@ class DataConfig:
         "", "classification: comma-separated allowed labels (the prompt lists them; others are errors). Empty = the "
         "labels found in a simulation's data; deployed nodes need it set so every node prompts alike")
     instruction: str = _opt(
-        "", "classification: the instruction before the text; empty = 'Classify the text. Reply with exactly one "
-        "of: <labels>.' (or, when the labels are not listed, 'Classify the text. Reply with its label.')")
+        "", "classification and the synthetic triage notes: the instruction before the text; empty = 'Classify the "
+        "text. Reply with exactly one of: <labels>.' (or, when the labels are not listed, 'Classify the text. Reply "
+        "with its label.')")
     list_labels: str = _opt(
-        "auto", "classification: list the allowed labels in the prompt? auto = only while that list is at most "
+        "auto", "classification and the synthetic triage notes: list the allowed labels in the prompt? auto = only "
+        "while that list is at most "
         "400 characters (about 100 tokens); 'no' trains text -> label (evaluation scores every label anyway)",
         _one_of("auto", "yes", "no"))
     messages_field: str = _opt("messages", "chat: the field holding the list of {role, content} turns", _non_empty)

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from fedtune.common.adapters import AdapterMismatch, adapter_hash, check_arrays, trained_part, unflatten
 from fedtune.common.config import RunConfig
 from fedtune.common.data import DEPARTMENTS, SYNTHETIC_TRIAGE, RecordSpec, load_data_file
-from fedtune.common.data.synthetic import INSTRUCTION as TRIAGE_INSTRUCTION
+from fedtune.common.data.load import triage_instruction
 from fedtune.common.evaluation import combine_metrics, evaluate
 from fedtune.common.messages import BUDGET_EXHAUSTED, OK, error_text, from_record, to_record
 from fedtune.common.model_cache import ModelCache, ModelSpec
@@ -44,7 +44,7 @@ def adapter_meta(cfg: RunConfig) -> dict:
     """What ``fedtune generate`` needs to use the adapter as it was trained."""
     meta: dict = {"model.name": cfg.model.name, "data.source": cfg.data.source}
     if cfg.data.source == SYNTHETIC_TRIAGE:
-        meta["system"] = TRIAGE_INSTRUCTION
+        meta["system"] = triage_instruction(cfg.data)
     elif cfg.data.format == "classification" and cfg.data.label_list:
         meta["system"] = RecordSpec.from_config(cfg.data).classification_prompt(cfg.data.label_list)
     return meta

@@ -18,6 +18,7 @@ DEPARTMENTS = ("cardiology", "gastroenterology", "neurology", "orthopedics", "pu
 INSTRUCTION = (
     "Triage the patient note. Reply with one department: " + ", ".join(DEPARTMENTS) + "."
 )
+UNLISTED_INSTRUCTION = "Triage the patient note. Reply with the department."  # data.list-labels = "no"
 
 _COMPLAINTS = {
     "cardiology": [
@@ -139,17 +140,18 @@ def _note(dept: str, rnd: random.Random) -> str:
     )
 
 
-def triage_example(dept: str, rnd: random.Random) -> Example:
+def triage_example(dept: str, rnd: random.Random, instruction: str = INSTRUCTION) -> Example:
     return Example(
-        messages=({"role": "system", "content": INSTRUCTION}, {"role": "user", "content": _note(dept, rnd)}),
+        messages=({"role": "system", "content": instruction}, {"role": "user", "content": _note(dept, rnd)}),
         completion=dept,
         label=dept,
     )
 
 
-def generate_triage(n: int, seed: int = 0) -> list[Example]:
-    """``n`` triage records with labels balanced across departments, deterministic in ``seed``."""
+def generate_triage(n: int, seed: int = 0, instruction: str = INSTRUCTION) -> list[Example]:
+    """``n`` triage records with labels balanced across departments, deterministic in ``seed``;
+    ``instruction``: their system prompt (the notes do not depend on it)."""
     rnd = random.Random(seed)
     labels = [DEPARTMENTS[i % len(DEPARTMENTS)] for i in range(n)]
     rnd.shuffle(labels)
-    return [triage_example(d, rnd) for d in labels]
+    return [triage_example(d, rnd, instruction) for d in labels]
