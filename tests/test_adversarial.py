@@ -215,6 +215,8 @@ def test_an_adapter_is_evaluated_at_most_once(deployed, monkeypatch):
         again: dict = {}
         coord.evaluate(rnd, again)
         assert {k: v["eval_accuracy"] for k, v in again.items()} == {k: v["eval_accuracy"] for k, v in first.items()}
+        # the first evaluation's own seconds too: a repeated request does not even time anything new
+        assert {k: v["eval_seconds"] for k, v in again.items()} == {k: v["eval_seconds"] for k, v in first.items()}
     assert len(forwards) == work  # answered from the node's memo: no second look at its records
     coord.global_arrays = {k: v + 0.01 for k, v in coord.global_arrays.items()}
     coord.evaluate(3, {})

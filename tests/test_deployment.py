@@ -10,144 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import socket
-import ssl
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from fedtune.common.data import generate_triage
-from fedtune.common.data.records import write_jsonl
+from fedtune.lab.local_deployment import ROOT, start_deployment, write_run_config
 from fedtune.lab.simulation import read_metrics
 
 pytestmark = pytest.mark.deployment
 
-ROOT = Path(__file__).resolve().parent.parent
 CANARY = "CANARY-a9f3e1c7-do-not-leak"
 NODES = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Every process the test starts, each in its own process group, all stopped at the end."""
-
-    def __init__(self):
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, cmd, env, log: Path) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        """SIGTERM every process group (the SuperLink/SuperNode and the helpers they spawned), then
-        SIGKILL whatever is left in those groups."""
-        groups = [p.pid for p in self.procs]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pgid in groups:
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 15
-            while self.alive_groups() and time.monotonic() < deadline:
-                time.sleep(0.2)
-        for p in self.procs:
-            p.wait(timeout=5)
-
-    def alive_groups(self) -> list[int]:
-        alive = []
-        for p in self.procs:
-            p.poll()
-            try:
-                os.killpg(p.pid, 0)
-                alive.append(p.pid)
-            except ProcessLookupError:
-                pass
-        return alive
-
-
-def _wait_healthy(port: int, ca: Path, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"SuperLink exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}/health", context=ctx, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"SuperLink not healthy after {timeout}s: {log.read_text()[-2000:]}")
-
-
-def _run(cmd, env, timeout=120) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, tiny_model_dir):
     base = tmp_path_factory.mktemp("deploy")
-    coord, port = base / "coordinator", _free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FEDTUNE_COORDINATOR_DIR": str(coord), "FEDTUNE_SUPERLINK_BIND": "127.0.0.1",
-           "FEDTUNE_SUPERLINK_PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    procs = Processes()
+    records = generate_triage(60 * (NODES + 1), seed=3)
+    first = records[0]
+    records[0] = dataclasses.replace(first, messages=tuple(
+        {**m, "content": m["content"] + f" Patient ref {CANARY}."} if m["role"] == "user" else m
+        for m in first.messages))
+    # the last node is never admitted; 6 held-out records each: a tiny test federation
+    d = start_deployment(base, [records[60 * i: 60 * (i + 1)] for i in range(NODES + 1)], unadmitted=1)
     try:
-        _run(["bash", ROOT / "server" / "init-coordinator.sh", "127.0.0.1", "localhost"], env)
-        coord_log = base / "superlink.out"
-        link = procs.start(["bash", ROOT / "server" / "start-superlink.sh"], env, coord_log)
-        _wait_healthy(port, coord / "certs" / "ca.crt", link, coord_log)
-
-        records = generate_triage(60 * (NODES + 1), seed=3)
-        first = records[0]
-        records[0] = dataclasses.replace(first, messages=tuple(
-            {**m, "content": m["content"] + f" Patient ref {CANARY}."} if m["role"] == "user" else m
-            for m in first.messages))
-        nodes = [base / f"node-{i}" for i in range(NODES + 1)]  # the last one is never admitted
-        for i, node_dir in enumerate(nodes):
-            _run([sys.executable, "-m", "fedtune.cli", "node-key", "--out", str(node_dir), "--name", f"hospital-{i}"],
-                 env)
-        roster = base / "roster.toml"  # assembled from the admitted nodes' entries, pinned by each of them
-        _run([sys.executable, "-m", "fedtune.cli", "roster", "build", "--out", str(roster),
-              *[str(d / f"hospital-{i}.roster-entry") for i, d in enumerate(nodes[:NODES])]], env)
-        approved = _run([sys.executable, "-m", "fedtune.cli", "app", "hash", str(ROOT)], env).stdout.strip()
-        for i, node_dir in enumerate(nodes):
-            (node_dir / "ca.crt").write_bytes((coord / "certs" / "ca.crt").read_bytes())
-            write_jsonl(records[60 * i: 60 * (i + 1)], node_dir / "records.jsonl")
-            (node_dir / "node-config.toml").write_text(
-                f'name = "hospital-{i}"\ndata-path = "{node_dir / "records.jsonl"}"\n'
-                f'state-dir = "{node_dir / "state"}"\nmax-epsilon = 8.0\n'
-                f'signing-key = "{node_dir / "signing-key"}"\nroster = "{roster}"\n'
-                f'approved-apps = "{approved}"\n'  # this checkout, as `flwr run` will send it
-                'min-eval-records = 5\n')  # 6 held-out records each: a tiny test federation
-            if i < NODES:
-                _run(["bash", ROOT / "server" / "admit-node.sh", node_dir / "node-key.pub", f"hospital-{i}"], env)
-        assert CANARY in (nodes[0] / "records.jsonl").read_text()  # the canary is really in node 0's data
-
-        node_env = lambda d: {**env, "FEDTUNE_NODE_DIR": str(d), "FEDTUNE_SUPERLINK": f"127.0.0.1:{port}",  # noqa: E731
-                               "FEDTUNE_NODE_PORT": str(_free_port())}
-        for d in nodes[:NODES]:
-            procs.start(["bash", ROOT / "clients" / "start-supernode.sh"], node_env(d), d / "supernode.out")
-        rogue = procs.start(["bash", ROOT / "clients" / "start-supernode.sh"], node_env(nodes[NODES]),
-                            nodes[NODES] / "supernode.out")
-
+        assert CANARY in (d.nodes[0] / "records.jsonl").read_text()  # the canary is really in node 0's data
         results = base / "results"
-        run_config = base / "run-config.toml"
-        run_config.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {
+        run_config = write_run_config({
             "output.dir": str(results), "model.name": str(tiny_model_dir), "model.precision": "fp32",
             "lora.r": 4, "lora.alpha": 8.0, "train.batch-size": 4, "train.local-steps": 2,
             "federation.rounds": 2, "federation.min-nodes": NODES, "federation.node-wait-timeout": 120.0,
@@ -155,14 +45,13 @@ def deployment(tmp_path_factory, tiny_model_dir):
             # these files declare no label set, so answers are generated, and the random tiny model never
             # ends one: 8 tokens per answer, not 64
             "train.eval-max-new-tokens": 8,
-        }.items()) + "\n")
-        submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", run_config], env=env,
-                                capture_output=True, text=True, timeout=900)
-        yield {"base": base, "coord": coord, "results": results, "nodes": nodes, "rogue": rogue, "submit": submit,
-               "env": env, "coord_log": coord_log, "approved": approved}
+        }, base / "run-config.toml")
+        submit = d.submit(run_config)
+        yield {"base": base, "coord": d.coordinator, "results": results, "nodes": d.nodes, "rogue": d.supernodes[-1],
+               "submit": submit, "env": d.env, "coord_log": d.superlink_log, "approved": d.approved, "deployment": d}
     finally:
-        procs.stop_all()
-        assert not procs.alive_groups(), "a started process (or one it spawned) survived"
+        d.stop()
+        assert not d.processes.alive_groups(), "a started process (or one it spawned) survived"
 
 
 def test_a_tls_federation_with_authenticated_nodes_completes_the_run(deployment, tiny_model_dir):
@@ -219,8 +108,7 @@ def test_the_deployed_run_resumes_through_its_run_config_and_the_nodes_ledgers_s
     resumed = base / "resume.toml"
     resumed.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {
         **flat, "federation.rounds": 3, "output.resume": True}.items()) + "\n")
-    submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", resumed], env=deployment["env"],
-                            capture_output=True, text=True, timeout=900)
+    submit = deployment["deployment"].submit(resumed)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
     run = json.loads((results / "run.json").read_text())
     assert [r["after_round"] for r in run["resumed"]] == [2], submit.stdout[-3000:]
@@ -249,9 +137,7 @@ def test_a_modified_app_is_refused_before_any_of_its_code_runs(deployment, tmp_p
     config = tmp_path / "run-config.toml"
     config.write_text((deployment["base"] / "run-config.toml").read_text().replace(
         str(deployment["results"]), str(tmp_path / "results")) + "federation.round-retries = 0\n")
-    submit = subprocess.run(["bash", ROOT / "server" / "submit-run.sh", config],
-                            env={**deployment["env"], "FEDTUNE_REPO": str(app)}, capture_output=True, text=True,
-                            timeout=600)
+    submit = deployment["deployment"].submit(config, timeout=600, env={**deployment["env"], "FEDTUNE_REPO": str(app)})
     assert not marker.exists(), "the modified ClientApp ran on a node"
     metrics = read_metrics(tmp_path / "results" / "metrics.jsonl")
     errors = [n.get("error", "") for m in metrics for n in m["nodes"].values()]
