@@ -36,7 +36,7 @@ def worker(mode: str, precision: str, args) -> dict:
 
     from fedtune.common.config import RunConfig, TrainConfig
     from fedtune.common.data import PromptEncoder, generate_triage
-    from fedtune.common.model import add_lora, load_base_model, load_tokenizer
+    from fedtune.common.model import add_lora, load_base_model, load_tokenizer, model_device
     from fedtune.common.objective import per_sample_forward
     from fedtune.node.privacy import DPPlan, DPStepper
     from fedtune.node.training import PlainStepper
@@ -45,7 +45,7 @@ def worker(mode: str, precision: str, args) -> dict:
     tok = load_tokenizer(cfg.model.name)
     model = add_lora(load_base_model(cfg.model), cfg.lora, seed=0)
     enc = PromptEncoder(tok, cfg.model.max_length)
-    batch = enc.collate(enc.encode_all(generate_triage(args.batch_size, seed=0)))
+    batch = enc.collate(enc.encode_all(generate_triage(args.batch_size, seed=0))).to(model_device(model))
     train = TrainConfig(batch_size=args.batch_size)
     n = 10 * args.batch_size
     stepper = PlainStepper(model, n, train, 0) if mode == "none" else DPStepper(
@@ -72,9 +72,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(*args.worker, args)))
         return
-    from fedtune.common.model import compute_precision
+    from fedtune.common.model import compute_precision, device
 
-    default = compute_precision("auto")
+    default = compute_precision("auto", device().type)
     configs = [c for c in CONFIGS if c[2] == "fp32" or default == "bf16"]
     if default != "bf16":
         print("bf16 rows skipped: this machine emulates bf16 (model.precision = auto runs fp32 here)", file=sys.stderr)

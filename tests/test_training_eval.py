@@ -188,8 +188,8 @@ def test_auto_precision_uses_bf16_only_where_this_machine_computes_it_natively(m
 
     assert RunConfig().model.precision == "auto"
     for native in (True, False):
-        monkeypatch.setattr(model_module, "native_bf16", lambda native=native: native)
-        with model_module.autocast("auto"):
+        monkeypatch.setattr(model_module, "native_bf16", lambda device_type="cpu", native=native: native)
+        with model_module.autocast("auto", "cpu"):
             assert torch.is_autocast_cpu_enabled() is native
         assert model_module.compute_precision("auto") == ("bf16" if native else "fp32")
     for explicit in ("bf16", "fp32"):  # an explicit choice is kept whatever the machine

@@ -66,6 +66,11 @@ class ModelConfig:
         "emulated and can be 100x slower", _one_of("auto", "bf16", "fp32")
     )
     max_length: int = _opt(256, "max tokens per record (prompt is truncated from the left)", _positive)
+    device: str = _opt("auto", "where the model runs: auto = the GPU where torch sees one (CUDA), else the CPU",
+                       _one_of("auto", "cpu", "cuda"))
+    quantization: str = _opt(
+        "none", "base weights: none (fp32) or 4bit (QLoRA: NF4 base via bitsandbytes, LoRA and DP-SGD in fp32; needs "
+        "a CUDA GPU and `pip install bitsandbytes`)", _one_of("none", "4bit"))
 
 
 @dataclass(frozen=True)
@@ -433,6 +438,7 @@ class Preset:
     values: dict[str, Any]
     num_nodes: int
     cpus_per_node: int | None = None  # CPU cores per simulated node (None = all cores, one node at a time)
+    gpus_per_node: float = 0.0  # share of a GPU per simulated node (Ray's num-gpus: 0.25 = 4 nodes per GPU)
     path: Path | None = None
     tune: dict[str, Any] = field(default_factory=dict)  # the [tune] table, read by `fedtune tune` only
 
@@ -462,8 +468,12 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
     _absolute_paths(flat, Path.cwd())  # --set paths: relative to where the command runs
     nodes = sim.pop("nodes", 4)
     cpus = sim.pop("cpus-per-node", None)
+    gpus = sim.pop("gpus-per-node", 0.0)
     if sim:
-        raise ConfigError(f"unknown [simulation] keys {sorted(sim)}; supported: nodes, cpus-per-node")
+        raise ConfigError(f"unknown [simulation] keys {sorted(sim)}; supported: nodes, cpus-per-node, gpus-per-node")
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus <= 1:
+        raise ConfigError(f"simulation.gpus-per-node must be a share of one GPU in [0, 1] (0.5 = two nodes per GPU, "
+                          f"0 = CPU only), got {gpus!r}")
     for key, value in (("nodes", nodes), ("cpus-per-node", cpus)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"simulation.{key} must be a positive integer, got {value!r}")
@@ -473,4 +483,5 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
             f"federation.min-nodes={cfg.federation.min_nodes} exceeds simulation.nodes={nodes}: "
             "no round could ever start. Lower min-nodes or simulate more nodes"
         )
-    return cfg, Preset(values=flat, num_nodes=nodes, cpus_per_node=cpus, path=Path(path) if path else None, tune=tune)
+    return cfg, Preset(values=flat, num_nodes=nodes, cpus_per_node=cpus, gpus_per_node=float(gpus),
+                       path=Path(path) if path else None, tune=tune)

@@ -24,7 +24,7 @@ import torch
 from fedtune.common.data.prompts import Encoded, PromptEncoder
 from fedtune.common.label_scoring import label_indices, label_log_likelihoods, label_targets, records_per_pass
 from fedtune.common.metrics import LabelCounts, exact_match, perplexity, rouge_l
-from fedtune.common.model import autocast, device
+from fedtune.common.model import autocast, model_device
 from fedtune.common.objective import per_sample_forward
 
 @dataclass
@@ -83,9 +83,10 @@ def generate_answers(model, encoder: PromptEncoder, prompts: Sequence[Sequence[i
     for i, p in enumerate(prompts):
         ids[i, length - len(p):] = torch.tensor(list(p))
         attn[i, length - len(p):] = 1
-    with autocast(precision):
+    where = model_device(model)
+    with autocast(precision, where.type):
         out = model.generate(
-            input_ids=ids.to(device()), attention_mask=attn.to(device()), max_new_tokens=max_new_tokens,
+            input_ids=ids.to(where), attention_mask=attn.to(where), max_new_tokens=max_new_tokens,
             do_sample=False, eos_token_id=encoder.end_id, pad_token_id=encoder.pad_id, use_cache=True,
         )
     answers = []
@@ -167,7 +168,7 @@ def _teacher_forced_and_generated(model, encoder, data, references, batch_size, 
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         items = [data[i] for i in idx]
-        batch = encoder.collate(items).to(device())
+        batch = encoder.collate(items).to(model_device(model))
         fwd = per_sample_forward(model, batch, precision)
         counts = batch.target_mask.sum(1)
         for i, loss in zip(idx, fwd.losses.tolist()):

@@ -21,7 +21,7 @@ import torch
 from fedtune.common.data.prompts import PromptEncoder
 from fedtune.common.frozen_prefix import causal_lm_logits
 from fedtune.common.metrics import match_label
-from fedtune.common.model import autocast, device
+from fedtune.common.model import autocast, model_device
 
 SCORED_POSITIONS = 2048  # rows x scored positions per pass: bounds the logits ([rows, positions, vocab])
 
@@ -90,9 +90,10 @@ def label_scores(model, encoder: PromptEncoder, prompts: Sequence[Sequence[int]]
     pack = _Packing.of(max(len(p) for p in prompts), targets)
     ids, pos, real = _rows(encoder, prompts, targets, pack)
     scored = len(pack.block) - pack.prompt_width + 1  # the prompt's last position and every block position
-    with autocast(precision):
-        logits = causal_lm_logits(model, ids.to(device()), _as_model_mask(model, pack.mask(real)).to(device()),
-                                  pos.to(device()), scored, real)
+    where = model_device(model)
+    with autocast(precision, where.type):
+        logits = causal_lm_logits(model, ids.to(where), _as_model_mask(model, pack.mask(real)).to(where),
+                                  pos.to(where), scored, real)
     logp = torch.log_softmax(logits.float(), -1)  # index 0 = the prompt's last position
     columns = []
     for i, t in enumerate(targets):

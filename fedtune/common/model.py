@@ -120,17 +120,35 @@ def load_tokenizer(name: str):
 
 
 def load_base_model(cfg: ModelConfig):
-    """Base model in fp32 with every weight frozen; compute precision is chosen per forward."""
+    """Base model with every weight frozen, on ``model.device``: fp32 weights, or NF4 ones under
+    ``model.quantization = 4bit``; compute precision is chosen per forward."""
     from transformers import AutoModelForCausalLM
 
+    target = device(cfg.device)
+    kwargs = _quantized(target) if cfg.quantization == "4bit" else {"dtype": torch.float32}
     path = resolve_model_path(cfg.name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ModelError(f"cannot load model '{cfg.name}' ({path}): {exc}") from exc
     model.requires_grad_(False)
     model.config.use_cache = False
-    return model.to(device())
+    return model if cfg.quantization == "4bit" else model.to(target)  # a 4-bit model is placed as it loads
+
+
+def _quantized(target: torch.device) -> dict:
+    """from_pretrained arguments of a QLoRA base: NF4 weights with double quantisation, bf16 compute."""
+    if target.type != "cuda":
+        raise ModelError("model.quantization = '4bit' needs a CUDA GPU (bitsandbytes' NF4 kernels); this node runs "
+                         "on the CPU: set model.quantization = 'none' or run the node on a GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("model.quantization = '4bit' needs bitsandbytes: pip install 'fedtune[gpu]' "
+                         "(or pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": config, "device_map": {"": target.index or 0}, "dtype": torch.float32}
 
 
 def add_lora(model, cfg: LoraConfigSection, seed: int):
@@ -174,20 +192,31 @@ def _top_layers(model, top: int) -> list[int] | None:
     return list(range(total - top, total))
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(requested: str = "auto") -> torch.device:
+    """``model.device`` resolved here: auto = CUDA where torch sees a GPU, else the CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device = 'cuda' but torch sees no CUDA GPU here (a CPU-only torch build, or no "
+                         "driver): set model.device = 'auto' or 'cpu'")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
 
 
-def compute_precision(precision: str) -> str:
-    """``model.precision`` as run here: 'auto' becomes bf16 only where this device computes it natively."""
-    return ("bf16" if native_bf16() else "fp32") if precision == "auto" else precision
+def model_device(model) -> torch.device:
+    """Where ``model``'s weights are: inputs go there."""
+    return next(model.parameters()).device
 
 
-@functools.lru_cache(maxsize=1)  # a fact about this machine: probed once per process
-def native_bf16() -> bool:
-    """Is bf16 clearly faster than fp32 here?  Measured, not guessed from CPU flags: without AVX512-BF16
-    or AMX, PyTorch emulates bf16 on a CPU (an AVX2 EPYC ran bf16 matmuls ~100x slower than fp32)."""
-    if device().type == "cuda":
+def compute_precision(precision: str, device_type: str = "cpu") -> str:
+    """``model.precision`` as run on ``device_type``: 'auto' becomes bf16 only where it is native there."""
+    return ("bf16" if native_bf16(device_type) else "fp32") if precision == "auto" else precision
+
+
+@functools.lru_cache(maxsize=2)  # a fact about this machine: probed once per process and device type
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Is bf16 clearly faster than fp32 on ``device_type``?  Measured on a CPU, not guessed from its flags:
+    without AVX512-BF16 or AMX, PyTorch emulates bf16 there (an AVX2 EPYC ran bf16 matmuls ~100x slower)."""
+    if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
     x = torch.randn(256, 256)
     return _best_matmul_seconds(x.bfloat16()) < 0.8 * _best_matmul_seconds(x)
@@ -203,7 +232,8 @@ def _best_matmul_seconds(x: torch.Tensor, repeats: int = 5) -> float:
     return best
 
 
-def autocast(precision: str):
-    """bf16 autocast for 'bf16' (and 'auto' where bf16 is native: ~1.5x faster than fp32 there); fp32 = no-op."""
-    bf16 = compute_precision(precision) == "bf16"
-    return torch.autocast(device_type=device().type, dtype=torch.bfloat16, enabled=bf16)
+def autocast(precision: str, device_type: str):
+    """bf16 autocast on ``device_type`` for 'bf16' (and 'auto' where bf16 is native there: ~1.5x faster than
+    fp32); fp32 = no-op."""
+    bf16 = compute_precision(precision, device_type) == "bf16"
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16)

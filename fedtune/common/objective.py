@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from fedtune.common.data.prompts import Batch, Encoded, PromptEncoder
 from fedtune.common.frozen_prefix import causal_lm_logits
 from fedtune.common.label_scoring import label_indices, label_scores, label_targets
-from fedtune.common.model import autocast, device
+from fedtune.common.model import autocast, model_device
 
 OBJECTIVES = ("auto", "tokens", "labels")
 Objective = Callable[[object, np.ndarray], torch.Tensor]  # (model, record indices) -> per-sample losses
@@ -45,7 +45,7 @@ def per_sample_forward(model, batch: Batch, precision: str = "fp32") -> Forward:
     a small LM, runs on a handful of positions instead of the whole sequence.
     """
     keep = batch.max_target + 1
-    with autocast(precision):
+    with autocast(precision, batch.input_ids.device.type):
         logits = causal_lm_logits(model, batch.input_ids, batch.attention_mask, batch.position_ids, keep)
     logits = logits[:, :-1].float()  # position t predicts token t+1
     targets = batch.input_ids[:, -keep + 1:]
@@ -78,7 +78,7 @@ def objective_for(kind: str, encoder: PromptEncoder, data: Sequence[Encoded], la
     packed = sum(len(t) - 1 for t in targets)  # tokens the label blocks add to every row
     if gold is None or (kind == "auto" and packed > sum(len(e.prompt_ids) for e in data) / len(data)):
         return lambda model, idx: per_sample_forward(
-            model, encoder.collate([data[i] for i in idx]).to(device()), precision).losses
+            model, encoder.collate([data[i] for i in idx]).to(model_device(model)), precision).losses
     gold_t = torch.tensor(gold)
     return lambda model, idx: label_choice_losses(
         model, encoder, [data[i] for i in idx], targets, gold_t[torch.as_tensor(idx, dtype=torch.long)], precision)

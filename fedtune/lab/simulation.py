@@ -172,7 +172,8 @@ def resume_config(out: str | Path, preset: str | Path | None, overrides: list[st
 def preset_text(flat: dict[str, Any], info: Preset) -> str:
     """A full configuration as a preset file ``fedtune simulate`` reads (output settings left out)."""
     body = {k: v for k, v in flat.items() if not k.startswith("output.")}
-    sim = {"nodes": info.num_nodes, **({"cpus-per-node": info.cpus_per_node} if info.cpus_per_node else {})}
+    sim = {"nodes": info.num_nodes, **({"cpus-per-node": info.cpus_per_node} if info.cpus_per_node else {}),
+           **({"gpus-per-node": info.gpus_per_node} if info.gpus_per_node else {})}
     return _toml_lines(body) + "\n[simulation]\n" + _toml_lines(sim)
 
 
@@ -206,6 +207,13 @@ def _fresh_superlink(home: Path) -> None:
         old.rename(home / f"local-superlink.before-resume-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
+def federation_config(info: Preset) -> str:
+    """Flower's ``--federation-config`` for the Simulation Runtime: nodes and each node's Ray resources."""
+    cpus = info.cpus_per_node or os.cpu_count() or 1
+    gpus = f" client-resources-num-gpus={info.gpus_per_node}" if info.gpus_per_node else ""
+    return f"num-supernodes={info.num_nodes} client-resources-num-cpus={cpus}{gpus} init-args-log-to-driver=false"
+
+
 def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, quiet: bool,
                           app_dir: Path = APP_DIR) -> SimulationResult:
     """``app_dir``: the Flower app to run (fedtune's own by default; benchmarks pass comparison apps)."""
@@ -225,8 +233,7 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
     if cfg.output.resume:
         _fresh_superlink(home)
     env = flower_env(home)
-    cpus = info.cpus_per_node or os.cpu_count() or 1
-    federation = f"num-supernodes={info.num_nodes} client-resources-num-cpus={cpus} init-args-log-to-driver=false"
+    federation = federation_config(info)
     cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", federation, "--run-config", str(run_config)]
     log_path = out_dir / "simulation.log"
     start = time.monotonic()
