@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import fedtune.common.evaluation
 import fedtune.common.files
@@ -330,3 +331,23 @@ def test_a_node_sending_a_garbage_masked_vector_aborts_the_round_and_the_adapter
     summary = coord.train(1, nodes)
     assert summary["aggregation"] == "aborted" and "announced" in summary["secagg_error"]
     assert all(np.array_equal(coord.global_arrays[k], before[k]) for k in before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA, where model.device = cuda fails")
+def test_a_node_runs_its_model_where_its_own_config_says_whatever_the_run_config_asks(deployed):
+    """The coordinator asks for ``model.device = cuda``, which this machine lacks: nodes that leave the device to the
+    run refuse (a clear error, nothing evaluated); nodes whose operator set ``device = cpu`` evaluate on the CPU."""
+    grid, coord, _ = deployed()
+    grid.rewrite_run_config({"model.device": "cuda"})
+    refused: dict = {}
+    coord.evaluate(0, refused)
+    assert len(refused) == NODES and all("model.device = 'cuda'" in n.get("error", "") for n in refused.values())
+    grid, coord, _ = deployed(device="cpu")
+    grid.rewrite_run_config({"model.device": "cuda"})
+    done: dict = {}
+    coord.evaluate(0, done)
+    assert len(done) == NODES and all(n.get("eval_examples", 0) > 0 and "error" not in n for n in done.values())
+    _, coord, _ = deployed(device="tpu")
+    bad: dict = {}
+    coord.evaluate(0, bad)
+    assert all("node config device = 'tpu'" in n.get("error", "") for n in bad.values())

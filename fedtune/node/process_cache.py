@@ -16,6 +16,7 @@ import numpy as np
 
 from fedtune.common.config import RunConfig
 from fedtune.common.model_cache import ModelCache, ModelSpec
+from fedtune.node.hardware import on_this_node
 from fedtune.node.local_data import NodeData, load_node_data
 
 
@@ -35,7 +36,8 @@ class NodeCache:
         return self._data[key]
 
     def prepare(self, cfg: RunConfig, node_config: Mapping[str, object], adapter: Mapping[str, np.ndarray]):
-        """(model holding ``adapter``, encoder, this node's data)."""
+        """(model holding ``adapter``, on the device the node config names, if any; encoder; this node's data)."""
+        cfg = on_this_node(cfg, node_config)
         data = self.data(cfg, node_config)
         model, encoder = self.models.holding(ModelSpec.of(cfg), adapter)
         return model, encoder, data
