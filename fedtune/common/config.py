@@ -53,6 +53,9 @@ def _non_empty(v: Any) -> str | None:
     return None if str(v).strip() else "must not be empty"
 
 
+DEVICES = ("auto", "cpu", "cuda")  # model.device, and a node config's own `device`
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _opt(
@@ -67,7 +70,7 @@ class ModelConfig:
     )
     max_length: int = _opt(256, "max tokens per record (prompt is truncated from the left)", _positive)
     device: str = _opt("auto", "where the model runs: auto = the GPU where torch sees one (CUDA), else the CPU",
-                       _one_of("auto", "cpu", "cuda"))
+                       _one_of(*DEVICES))
     quantization: str = _opt(
         "none", "base weights: none (fp32) or 4bit (QLoRA: NF4 base via bitsandbytes, LoRA and DP-SGD in fp32; needs "
         "a CUDA GPU and `pip install bitsandbytes`)", _one_of("none", "4bit"))

@@ -7,10 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from fedtune.common.config import RunConfig
+from fedtune.common.config import DEVICES, RunConfig
 from fedtune.node.policy import PolicyError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def on_this_node(cfg: RunConfig, node_config: Mapping[str, object]) -> RunConfig:
