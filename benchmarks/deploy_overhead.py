@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from fedtune.common.data import DEPARTMENTS, generate_triage
-from fedtune.lab.local_deployment import start_deployment, write_run_config
-from fedtune.lab.simulation import read_metrics
+from fedtune.lab.local_deployment import start_deployment
+from fedtune.lab.simulation import read_metrics, write_run_config
 
 NODES = 3
 
@@ -45,9 +45,9 @@ def deployed(base: Path, args) -> list[dict]:
     n = args.records_per_node
     d = start_deployment(base, [records[i * n:(i + 1) * n] for i in range(NODES)])
     try:
-        config = write_run_config({**settings(args), "output.dir": str(base / "results"),
-                                   "federation.node-wait-timeout": 300.0, "secagg.stage-timeout": 300.0},
-                                  base / "run-config.toml")
+        config = base / "run-config.toml"
+        write_run_config({**settings(args), "output.dir": str(base / "results"), "federation.node-wait-timeout": 300.0,
+                          "secagg.stage-timeout": 300.0}, config)
         submit = d.submit(config, timeout=1800)
         if submit.returncode != 0:
             raise SystemExit(f"the deployed run failed:\n{submit.stdout[-3000:]}\n{submit.stderr[-2000:]}")

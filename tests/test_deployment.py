@@ -15,8 +15,9 @@ import subprocess
 import pytest
 
 from fedtune.common.data import generate_triage
-from fedtune.lab.local_deployment import ROOT, start_deployment, write_run_config
-from fedtune.lab.simulation import read_metrics
+from fedtune.lab.local_deployment import start_deployment
+from fedtune.lab.simulation import APP_DIR as ROOT
+from fedtune.lab.simulation import read_metrics, write_run_config
 
 pytestmark = pytest.mark.deployment
 
@@ -37,7 +38,8 @@ def deployment(tmp_path_factory, tiny_model_dir):
     try:
         assert CANARY in (d.nodes[0] / "records.jsonl").read_text()  # the canary is really in node 0's data
         results = base / "results"
-        run_config = write_run_config({
+        run_config = base / "run-config.toml"
+        write_run_config({
             "output.dir": str(results), "model.name": str(tiny_model_dir), "model.precision": "fp32",
             "lora.r": 4, "lora.alpha": 8.0, "train.batch-size": 4, "train.local-steps": 2,
             "federation.rounds": 2, "federation.min-nodes": NODES, "federation.node-wait-timeout": 120.0,
@@ -45,7 +47,7 @@ def deployment(tmp_path_factory, tiny_model_dir):
             # these files declare no label set, so answers are generated, and the random tiny model never
             # ends one: 8 tokens per answer, not 64
             "train.eval-max-new-tokens": 8,
-        }, base / "run-config.toml")
+        }, run_config)
         submit = d.submit(run_config)
         yield {"base": base, "coord": d.coordinator, "results": results, "nodes": d.nodes, "rogue": d.supernodes[-1],
                "submit": submit, "env": d.env, "coord_log": d.superlink_log, "approved": d.approved, "deployment": d}
@@ -106,8 +108,7 @@ def test_the_deployed_run_resumes_through_its_run_config_and_the_nodes_ledgers_s
     flat = {line.split(" = ", 1)[0]: json.loads(line.split(" = ", 1)[1])
             for line in (base / "run-config.toml").read_text().splitlines() if line}
     resumed = base / "resume.toml"
-    resumed.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {
-        **flat, "federation.rounds": 3, "output.resume": True}.items()) + "\n")
+    write_run_config({**flat, "federation.rounds": 3, "output.resume": True}, resumed)
     submit = deployment["deployment"].submit(resumed)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
     run = json.loads((results / "run.json").read_text())

@@ -10,10 +10,8 @@ deployment test (``tests/test_deployment.py``) and the deployment-overhead bench
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,14 +22,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from fedtune.common.data.records import Example, write_jsonl
-
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: server/, clients/ and the Flower app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fedtune.lab.simulation import APP_DIR as ROOT  # the checkout: server/, clients/ and the Flower app
+from fedtune.lab.simulation import free_port
 
 
 def run_checked(cmd, env, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -91,11 +83,6 @@ def wait_healthy(port: int, ca: Path, proc: subprocess.Popen, log: Path, timeout
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"SuperLink not healthy after {timeout}s: {log.read_text()[-2000:]}")
-
-
-def write_run_config(values: Mapping[str, object], path: Path) -> Path:
-    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items()) + "\n")
-    return path
 
 
 @dataclass
