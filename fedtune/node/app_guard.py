@@ -1,7 +1,7 @@
 """A node runs a Flower ClientApp only if its operator approved that exact app (pinned FAB hash).
 
 Why this exists: Flower's own FAB check (`flower-supernode --trusted-entities`) only accepts
-FABs that a Flower-hosted SuperLink marked `valid_license` (flwr 1.41.0,
+FABs that a Flower-hosted SuperLink marked `valid_license` (flwr 1.41.0 and 1.42.0,
 supernode/start_client_internal.py:344-353), so it cannot serve a self-hosted SuperLink.
 Instead the SuperNode is started with `--isolation process`: it then never starts ClientApp
 processes itself, it only queues a "flwr-clientapp" task per received message on its local
@@ -65,7 +65,7 @@ from flwr.supercore.interceptors import (
 from flwr.supercore.protobuf.client import ProtobufClientInterceptor
 from flwr.supercore.runtime import RuntimeHttpClient
 
-TESTED_FLWR = "1.41.0"  # the internals below were read in this version (see REPORT.md)
+TESTED_FLWR = "1.42.0"  # the internals imported above were read in this version
 APPROVED_KEY = "approved-apps"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

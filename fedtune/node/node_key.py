@@ -6,7 +6,7 @@
   public half for the federation's roster, which the *other nodes* check before they believe an
   advert (the coordinator cannot forge or substitute it; see ``fedtune.common.secagg.roster``).
 
-Flower 1.41 loads the private key with ``load_ssh_private_key`` and requires an EC key on a NIST
+Flower 1.41–1.42 loads the private key with ``load_ssh_private_key`` and requires an EC key on a NIST
 curve; ``flwr supernode register`` takes the public key in OpenSSH format (``ecdsa-sha2-nistp384``).
 The node operator keeps the private key; the coordinator registers the ``.pub`` file.  Same
 result as ``ssh-keygen -t ecdsa -b 384 -N ""``.
