@@ -1,4 +1,4 @@
-"""``fedtune`` command line: simulate, tune, stop, generate, privacy show, data synthetic, certs,
+"""``fedtune`` command line: simulate, tune, stop, generate, privacy show/audit, data synthetic, certs,
 node-key, roster build, app hash, model prepare."""
 
 from __future__ import annotations
@@ -94,6 +94,22 @@ def _cmd_privacy_show(args: argparse.Namespace) -> int:
 
     print(show_ledgers(Path(args.state)))
     return 0
+
+
+def _cmd_privacy_audit(args: argparse.Namespace) -> int:
+    from fedtune.lab.audit.run import audit, exit_code
+
+    out = args.out or f"runs/audit-{Path(args.preset).stem}"
+    result = audit(args.preset, out, args.set, args.canaries, args.node, not args.no_power_check, args.guesses,
+                   args.confidence, args.seed, args.quiet)
+    print()
+    for r in result.runs:
+        reported = "inf (DP off)" if r.reported_epsilon is None else f"{r.reported_epsilon:.2f}"
+        print(f"fedtune audit: {r.setting}: eps_hat={r.bound.epsilon:.2f} ({100 * r.bound.confidence:.0f}% confidence)"
+              f" reported_eps={reported} exposure_mean={r.exposure.mean:.2f} bits (chance {r.exposure.chance:.2f})"
+              f" wall={r.seconds:.0f}s")
+    print(f"fedtune audit: outcome {result.outcome.upper()} - report: {result.report}")
+    return exit_code(result)
 
 
 def _cmd_model_prepare(args: argparse.Namespace) -> int:
@@ -231,11 +247,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.set_defaults(func=_cmd_generate)
 
-    pv = sub.add_parser("privacy", help="a node's privacy ledger")
+    pv = sub.add_parser("privacy", help="a node's privacy ledger; an empirical audit of a simulated run")
     pvsub = pv.add_subparsers(dest="privacy_command", required=True)
     ps = pvsub.add_parser("show", help="print the privacy ledger(s) kept in a node's state directory")
     ps.add_argument("--state", required=True, help="the node's state directory (searched recursively)")
     ps.set_defaults(func=_cmd_privacy_show)
+    pa = pvsub.add_parser("audit", help="measure what a simulated run leaks with canaries (one-run audit) and hold it "
+                                        "against the node's reported ε; exits 1 if ε̂ exceeds it")
+    pa.add_argument("preset", help="the preset to audit (e.g. simulations/quickstart.toml)")
+    pa.add_argument("--canaries", type=int, default=100, metavar="M",
+                    help="canaries, each inserted into the node's training records with probability 1/2 (default 100)")
+    pa.add_argument("--node", help="the simulated node to audit: hospital-N (default hospital-0)")
+    pa.add_argument("--out", help="audit folder (default runs/audit-PRESET); must be new or empty")
+    pa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value")
+    pa.add_argument("--guesses", type=int, metavar="K",
+                    help="guess the K highest and K lowest scores, fixed in advance (default: the best of a fixed "
+                         "list of guess counts, Bonferroni-corrected)")
+    pa.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (default 0.95)")
+    pa.add_argument("--seed", type=int, help="seed of the canaries and coin flips (default: random, recorded)")
+    pa.add_argument("--no-power-check", action="store_true",
+                    help="skip the DP-off run (then a low ε̂ shows nothing: the report says so)")
+    pa.add_argument("--quiet", action="store_true", help="do not stream Flower's log (it is still saved)")
+    pa.set_defaults(func=_cmd_privacy_audit)
 
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -145,6 +145,11 @@ class DataConfig:
                           _one_of("label-skew", "iid", "quantity-skew", "group"))
     alpha: float = _opt(0.5, "Dirichlet concentration of the label or quantity skew (smaller = more skewed)", _positive)
     seed: int = _opt(0, "seed of data generation and partitioning")
+    canaries: str = _opt(
+        "", "privacy audit only (`fedtune privacy audit` writes it): a JSONL file of canary records added to the "
+        "training records of the simulated node data.canary-node; a deployed node (data-path) never reads it")
+    canary_node: int = _opt(0, "privacy audit: the partition id of the simulated node that trains on data.canaries",
+                            _non_negative)
 
     @property
     def label_list(self) -> tuple[str, ...]:

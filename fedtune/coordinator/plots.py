@@ -58,7 +58,7 @@ def _node_series(rounds, key: str, scale: float = 1.0) -> dict[str, Points]:
     return lines
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path) -> None:
     """Render in memory, then write atomically: readers only ever see whole PNGs."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -82,7 +82,7 @@ def _line_plot(path: Path, title: str, ylabel: str, lines: Mapping[str, Points],
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    _save(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -109,7 +109,7 @@ def _comparison_plot(path: Path, rows: Sequence[Mapping]) -> bool:
     ax.xaxis.set_major_formatter(PercentFormatter(xmax=100))
     ax.set(title="Accuracy by setting", xlabel="exact-match accuracy")
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    save_png(fig, path)
     return True
 
 

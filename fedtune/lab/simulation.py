@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedtune.common.config import ConfigError, Preset, RunConfig, load_preset
-from fedtune.common.data import DataError, load_data_file, partition, simulation_pool
+from fedtune.common.data import DataError, load_data_file, load_jsonl, partition, simulation_pool
 from fedtune.common.files import FolderBusy, atomic_write_text, folder_lock
 from fedtune.common.model import resolve_model_path
 from fedtune.coordinator.report import read_metrics
@@ -131,6 +131,11 @@ def check_data(cfg: RunConfig, num_nodes: int) -> None:
     """Refuse bad data or an impossible split here, with the file's own message, before Flower starts."""
     if cfg.data.eval_file:
         load_data_file(cfg.data, cfg.data.eval_file)
+    if cfg.data.canaries:
+        load_jsonl(cfg.data.canaries)  # a bad canary file is refused here, with its own message
+        if cfg.data.canary_node >= num_nodes:
+            raise DataError(f"data.canary-node = {cfg.data.canary_node}, but the simulation has {num_nodes} nodes "
+                            f"(partition ids 0..{num_nodes - 1})")
     pool, _ = simulation_pool(cfg.data)
     try:
         parts = partition(pool, num_nodes, cfg.data.partition, cfg.data.alpha, cfg.data.seed)

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from fedtune.common.config import DataConfig, RunConfig
-from fedtune.common.data import (DataError, Encoded, Example, PromptEncoder, load_data_file, partition,
+from fedtune.common.data import (DataError, Encoded, Example, PromptEncoder, load_data_file, load_jsonl, partition,
                                  simulation_pool, train_eval_split)
 from fedtune.node.policy import NodePolicy, node_name
 from fedtune.node.privacy.ledger import dataset_fingerprint
@@ -83,9 +83,20 @@ def node_examples(cfg: DataConfig, node_config: Mapping[str, object], policy: No
     else:
         raise DataError("this node has no data: set 'data-path' in its node config")
     train, held_out = train_eval_split(records, policy.eval_fraction, policy.split_seed)
+    if "partition-id" in node_config and "data-path" not in node_config:
+        train = train + audit_canaries(cfg, int(node_config["partition-id"]))  # type: ignore[arg-type]
     if not source:  # a simulated node: its ledger follows its training split (a per-run state dir anyway)
         source = raw = f"simulated:{dataset_fingerprint(train)}"
     return NodeExamples(node_name(node_config), train, held_out, labels, source, raw)
+
+
+def audit_canaries(cfg: DataConfig, partition_id: int) -> list[Example]:
+    """A privacy audit's inserted canaries, for the simulated node that trains on them (never held out, so
+    they are scored only by the audit). Only simulated nodes read them: a deployed node's records are its
+    own data-path's, whatever a run config names."""
+    if not cfg.canaries or partition_id != cfg.canary_node:
+        return []
+    return load_jsonl(cfg.canaries)
 
 
 def group_indices(train: list[Example]) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Empirical privacy audit of a simulated run: canaries, one-run lower bound on ε, exposure, report."""
