@@ -234,3 +234,22 @@ def test_truncated_checkpoint_is_refused_and_nothing_is_written(finished_run, tm
     with pytest.raises(CheckpointError, match="damaged or truncated"):
         run_federation(LoopbackGrid(2, cfg.to_flat()), cfg, out, run_id=7)
     assert folder_state(out) == before
+
+
+def test_fraction_evaluate_asks_only_a_sample_of_nodes_and_the_last_round_asks_everyone(run_config, tmp_path):
+    """federation.fraction-evaluate = 0.5 of 4 nodes: rounds 0 and 1 are evaluated on 2 nodes (a seeded sample,
+    whatever trained), round 2 (the last) on all 4; without evaluate-all-last the last round samples too."""
+    def evaluated(out: Path) -> list[list[str]]:
+        return [sorted(n["name"] for n in r["nodes"].values() if "eval_examples" in n)
+                for r in read_metrics(out / "metrics.jsonl")]
+
+    grid, cfg = make_run(run_config, tmp_path / "a", **{"federation.fraction-evaluate": 0.5})
+    run_federation(grid, cfg, tmp_path / "a", run_id=7)
+    rounds = evaluated(tmp_path / "a")
+    assert [len(r) for r in rounds] == [2, 2, 4]
+    assert [r["evaluated"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")] == [2, 2, 4]
+    assert "| nodes evaluated |" in (tmp_path / "a" / "report.md").read_text()
+    grid, cfg = make_run(run_config, tmp_path / "b", **{"federation.fraction-evaluate": 0.5,
+                                                         "federation.evaluate-all-last": False})
+    run_federation(grid, cfg, tmp_path / "b", run_id=7)
+    assert [len(r) for r in evaluated(tmp_path / "b")] == [2, 2, 2]

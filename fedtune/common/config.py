@@ -196,6 +196,11 @@ class FederationConfig:
     rounds: int = _opt(3, "number of federated rounds", _positive)
     min_nodes: int = _opt(2, "minimum nodes that must be connected (and reply) for a round", _positive)
     fraction_train: float = _opt(1.0, "fraction of connected nodes sampled to train each round", _fraction)
+    fraction_evaluate: float = _opt(
+        1.0, "fraction of connected nodes sampled to evaluate the global adapter each round, each on its own "
+        "held-out records (the coordinator's data.eval-file, if set, is scored every round)", _fraction)
+    evaluate_all_last: bool = _opt(True, "the last planned round is evaluated on every connected node, whatever "
+                                         "fraction-evaluate says")
     strategy: str = _opt(
         "fedavg", "server optimiser over the averaged delta: fedavg (with server-momentum > 0: FedAvgM), fedavgm, "
         "or the adaptive fedadam / fedyogi / fedadagrad of Reddi et al. (2021)",

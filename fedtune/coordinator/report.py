@@ -135,21 +135,23 @@ def render_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
         "", "## Rounds", "",
         "Round 0 evaluates the initial adapter (LoRA B = 0, i.e. exactly the base model). Accuracy is exact "
         "match of the greedy answer and the reference after normalisation (case, punctuation, articles, spaces), "
-        "ROUGE-L the mean LCS F1 of the two; both pooled over every node's held-out records. Macro-F1 (tasks with "
+        "ROUGE-L the mean LCS F1 of the two; both pooled over the held-out records of the nodes that evaluated "
+        "(every node, or a sample per round under `federation.fraction-evaluate`). Macro-F1 (tasks with "
         "a label set) is of the pooled predictions; perplexity is exp of the mean token loss of the references.", "",
         "| round | eval accuracy | macro-F1 | ROUGE-L | eval loss | perplexity | central accuracy | train loss | "
-        "nodes trained | aggregation | bytes sent (all nodes) | seconds |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "nodes trained | nodes evaluated | aggregation | bytes sent (all nodes) | seconds |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in records:
         nodes = r.get("nodes", {})
         trained = [n for n in nodes.values() if n.get("status") == "ok" and "train_loss" in n]
         sent = sum(n.get("bytes_sent", 0) for n in trained)
+        evaluated = sum(1 for n in nodes.values() if "eval_examples" in n)
         lines.append(
             f"| {r['round']} | {_fmt(r.get('eval_accuracy'), '.1%')} | {_fmt(r.get('eval_macro_f1'), '.1%')} | "
             f"{_fmt(r.get('eval_rouge_l'), '.1%')} | {_fmt(r.get('eval_loss'))} | {_fmt(r.get('eval_perplexity'), '.2f')} | "
             f"{_fmt(r.get('central_accuracy'), '.1%')} | "
-            f"{_fmt(r.get('train_loss'))} | {len(trained) if r['round'] else '–'} | {_aggregation(r)} | "
+            f"{_fmt(r.get('train_loss'))} | {len(trained) if r['round'] else '–'} | {evaluated} | {_aggregation(r)} | "
             f"{sent if r['round'] else '–'} | {_fmt(r.get('seconds'), '.1f')} |"
         )
     if records and records[-1].get("nodes"):

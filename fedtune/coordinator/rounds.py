@@ -57,6 +57,9 @@ def central_eval_data(cfg: RunConfig, encoder) -> tuple[list, tuple[str, ...]]:
     return encoder.encode_all(data.examples), tuple(labels)
 
 
+EVAL_STREAM = 1 << 20  # the evaluation sample's seed stream (training's uses the attempt number, never this large)
+
+
 class Coordinator:
     """The server side of one federated run, one round at a time (state: global adapter + strategy)."""
 
@@ -122,8 +125,18 @@ class Coordinator:
                 if str(n) in self.names:
                     entry["name"] = self.names[str(n)]
 
+    def evaluation_cohort(self, rnd: int) -> list[int]:
+        """The nodes asked to evaluate round ``rnd``'s adapter: a seeded sample of ``fraction-evaluate`` of the
+        connected nodes (all of them in the last round with ``evaluate-all-last``); resumable like training's."""
+        fed, node_ids = self.cfg.federation, sorted(self.grid.get_node_ids())
+        if fed.fraction_evaluate >= 1 or (fed.evaluate_all_last and rnd >= fed.rounds):
+            return node_ids
+        k = max(1, int(round(fed.fraction_evaluate * len(node_ids))))
+        rng = np.random.default_rng([self.cfg.train.seed, rnd, EVAL_STREAM])
+        return sorted(node_ids[i] for i in rng.permutation(len(node_ids))[:k])
+
     def evaluate(self, rnd: int, nodes: dict) -> dict:
-        node_ids = sorted(self.grid.get_node_ids())
+        node_ids = self.evaluation_cohort(rnd)
 
         def done(_reply, e):
             log(INFO, "[round %d] %s eval: accuracy %.1f%% loss %.3f (%d records)", rnd, e["name"],
@@ -133,6 +146,7 @@ class Coordinator:
         # Every node that evaluated, whatever its training did; in node-name order, not reply order (nor
         # Flower's random node ids), so the pooled floats do not depend on which node answered first.
         summary = combine_metrics(sorted(nodes.values(), key=lambda e: str(e.get("name", ""))))
+        summary["evaluated"] = len(node_ids)
         if self.central is not None:
             summary.update(self.evaluate_central(rnd))
         return summary
