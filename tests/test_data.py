@@ -153,3 +153,29 @@ def test_quantity_skew_partition_sizes_are_skewed_complete_and_reproducible():
     big = max(parts, key=len)
     for d in DEPARTMENTS:
         assert abs(sum(ex[i].label == d for i in big) / len(big) - pool[d]) < 0.1
+
+
+def test_a_simulated_node_s_records_do_not_depend_on_the_nodes_its_process_served_before(tiny_cfg, monkeypatch):
+    """60 simulated nodes served by one process in shuffled order, through a cache small enough to evict: node 7's
+    records are exactly what a fresh process reads, and the record pool and partition are built once, not per
+    message (a message's cost follows its own node, not the population)."""
+    import dataclasses
+
+    import numpy as np
+
+    import fedtune.node.local_data as local_data
+    from fedtune.node.process_cache import NodeCache
+
+    cfg = dataclasses.replace(tiny_cfg, data=dataclasses.replace(tiny_cfg.data, records=600, partition="iid"))
+    node = lambda pid: {"partition-id": pid, "num-partitions": 60}  # noqa: E731
+    fresh = NodeCache().data(cfg, node(7))
+    local_data.simulated_split.cache_clear()
+    pools = []
+    real_pool = local_data.simulation_pool
+    monkeypatch.setattr(local_data, "simulation_pool", lambda c: pools.append(c) or real_pool(c))
+    cache = NodeCache(max_records=50)  # ~5 nodes' worth: most nodes are evicted and read again
+    for pid in [*np.random.default_rng(0).permutation(60), 3, 7]:
+        cache.data(cfg, node(int(pid)))
+    again = cache.data(cfg, node(7))
+    assert again.train == fresh.train and again.eval == fresh.eval and again.source == fresh.source
+    assert len(pools) == 1

@@ -9,6 +9,7 @@ choose the held-out set.  A simulated node takes its partition of the run's reco
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -61,6 +62,24 @@ def raw_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=2)
+def simulated_split(cfg: DataConfig, num_nodes: int, stamp: tuple | None) -> tuple[tuple[Example, ...], tuple[str, ...],
+                                                                                 tuple[np.ndarray, ...]]:
+    """A simulation's record pool, label set and partition, built once per process and run, not per message:
+    with 1,000 nodes, rebuilding the whole pool to take one node's share made every message cost O(population).
+    Pure in its arguments (``stamp``: the source file's size and mtime, so an edited file is read again)."""
+    pool, labels = simulation_pool(cfg)
+    return tuple(pool), labels, tuple(partition(pool, num_nodes, cfg.partition, cfg.alpha, cfg.seed))
+
+
+def _source_stamp(source: str) -> tuple | None:
+    try:
+        st = os.stat(Path(source).expanduser())
+    except OSError:
+        return None  # the built-in synthetic notes (or a missing file: simulation_pool says so)
+    return (st.st_size, st.st_mtime_ns)
+
+
 def node_examples(cfg: DataConfig, node_config: Mapping[str, object], policy: NodePolicy | None = None) -> NodeExamples:
     """This node's train and held-out records, from its own file or its simulation partition."""
     policy = policy or NodePolicy.of(node_config, RunConfig(data=cfg))
@@ -76,8 +95,7 @@ def node_examples(cfg: DataConfig, node_config: Mapping[str, object], policy: No
         source, raw = os.path.realpath(path), raw_fingerprint(path)
     elif "partition-id" in node_config:
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
-        pool, labels = simulation_pool(cfg)
-        parts = partition(pool, n, cfg.partition, cfg.alpha, cfg.seed)
+        pool, labels, parts = simulated_split(cfg, n, _source_stamp(cfg.source))
         records = [pool[i] for i in parts[pid]]
         source = raw = ""
     else:

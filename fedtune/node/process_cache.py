@@ -4,7 +4,9 @@ Flower calls the ClientApp's handlers as plain functions, so the reusable state 
 process lives in one object here, ``NODE_PROCESS``, used only by node code.  Every call hands
 back the model holding exactly the adapter the caller names (``common/model_cache.py``), so an
 adapter trained for one message (or one simulated node) never leaks into the next.  Encoded
-records are immutable; they are cached per (run config, node config).
+records are immutable; they are cached per (run config, node config), bounded by the number of
+records held (not of nodes), so a process serving a 1,000-node simulation keeps every node it
+served instead of re-reading and re-encoding each one per message.
 """
 
 from __future__ import annotations
@@ -20,18 +22,24 @@ from fedtune.node.hardware import on_this_node
 from fedtune.node.local_data import NodeData, load_node_data
 
 
+def _records(data: NodeData) -> int:
+    return len(data.train) + len(data.eval)
+
+
 class NodeCache:
-    def __init__(self, models: ModelCache | None = None, max_datasets: int = 16):
+    def __init__(self, models: ModelCache | None = None, max_records: int = 200_000):
         self.models = models or ModelCache()
-        self._max = max_datasets
+        self._max = max_records  # encoded records kept (~1 kB each), least recently used dropped first
+        self._held = 0
         self._data: "OrderedDict[tuple, NodeData]" = OrderedDict()
 
     def data(self, cfg: RunConfig, node_config: Mapping[str, object]) -> NodeData:
         key = (cfg, tuple(sorted(node_config.items())))
         if key not in self._data:
             self._data[key] = load_node_data(cfg, node_config, self.models.encoder(ModelSpec.of(cfg)))
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
+            self._held += _records(self._data[key])
+            while self._held > self._max and len(self._data) > 1:
+                self._held -= _records(self._data.popitem(last=False)[1])
         self._data.move_to_end(key)
         return self._data[key]
 
