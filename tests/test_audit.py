@@ -1,5 +1,5 @@
 """The privacy audit: the one-run bound against hand-computed binomial tails and its false-alarm
-rate, exposure, canaries, and (tiny model, simulated) an audit that sees leakage with DP off and
+rate, exposure, canaries, and (tiny model, 2 simulated nodes) an audit that sees leakage with DP off and
 stays within the reported ε with DP on."""
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def test_canaries_keep_the_node_s_record_format_with_random_secrets_and_fair_coi
     assert again.examples == cans.examples and (again.inserted == cans.inserted).all()
 
 
+@pytest.mark.adversarial
 def test_only_the_audited_simulated_node_trains_on_the_canaries_and_a_deployed_node_never_does(tmp_path):
     """A run config naming a canary file cannot add records to a deployed node: its data is its data-path's."""
     from fedtune.common.config import DataConfig
@@ -153,7 +154,7 @@ def test_only_the_audited_simulated_node_trains_on_the_canaries_and_a_deployed_n
                          deployed).train == node_examples(plain_labels, deployed).train
 
 
-# ---- an audit end to end (tiny model, Flower simulation) ---------------------------------------
+# ---- an audit end to end (tiny model, 2 simulated nodes on the in-process grid) ---------------------
 
 TINY_AUDIT = {  # one round of 150 steps of 8 over ~85 records: enough for a tiny model to memorise words
     "federation.rounds": 1, "train.local-steps": 150, "train.batch-size": 8, "train.lr": 0.02, "lora.r": 8,
@@ -165,7 +166,7 @@ TINY_AUDIT = {  # one round of 150 steps of 8 over ~85 records: enough for a tin
 
 @pytest.fixture(scope="module")
 def tiny_audit(smol_tokenizer, tmp_path_factory):
-    """One audit (DP on, then off) of node hospital-0 in a 2-node simulation of a tiny Llama (hidden 64, small
+    """One audit (DP on, then off) of node hospital-0 in a 2-node federation of a tiny Llama (hidden 64, small
     initial weights: a 2-layer random model with peaked logits barely learns) on free-text chat records, whose
     canaries' answers are random words the model can memorise."""
     import dataclasses
@@ -191,10 +192,30 @@ def tiny_audit(smol_tokenizer, tmp_path_factory):
     preset.write_text(f'[model]\nname = "{folder / "model"}"\nprecision = "fp32"\n\n[data]\n'
                       f'source = "{folder / "notes.jsonl"}"\n\n[simulation]\nnodes = 2\n')
     sets = [f"{k}={v}" for k, v in TINY_AUDIT.items()]
-    return audit(preset, folder / "out", sets, canaries=100, seed=11, quiet=True)
+    return audit(preset, folder / "out", sets, canaries=100, seed=11, quiet=True, runner=_in_process)
 
 
-@pytest.mark.simulation
+def _in_process(preset, overrides, out, quiet=True):
+    """One federation of the preset on the in-process grid (the real ServerApp and ClientApp code without
+    Flower's runtime, which tests/test_simulation.py covers): the same results folder, a fraction of the time."""
+    import dataclasses
+    import time
+
+    from fedtune.common.config import load_preset
+    from fedtune.coordinator.report import read_metrics
+    from fedtune.coordinator.server_app import run_federation
+    from fedtune.lab.simulation import SimulationResult, check_data
+
+    from loopback import LoopbackGrid
+
+    cfg, info = load_preset(preset, overrides)
+    check_data(cfg, info.num_nodes)
+    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=str(out)))
+    start = time.monotonic()
+    run_federation(LoopbackGrid(info.num_nodes, cfg.to_flat()), cfg, out, run_id=7)
+    return SimulationResult(out, read_metrics(out / "metrics.jsonl"), time.monotonic() - start)
+
+
 def test_with_dp_off_inserted_canaries_score_higher_than_the_others(tiny_audit):
     off = next(r for r in tiny_audit.runs if r.setting == "DP off")
     cans = np.asarray(json.loads((tiny_audit.report.parent / "inserted.json").read_text()))
@@ -204,7 +225,6 @@ def test_with_dp_off_inserted_canaries_score_higher_than_the_others(tiny_audit):
     assert off.bound.epsilon > 0  # the power check: without DP the audit refutes some ε at 95%
 
 
-@pytest.mark.simulation
 def test_with_dp_on_the_bound_stays_within_the_node_s_reported_epsilon(tiny_audit):
     on = next(r for r in tiny_audit.runs if r.setting == "DP on")
     assert on.reported_epsilon is not None and 0 < on.reported_epsilon <= 2.0 + 1e-6
@@ -212,7 +232,6 @@ def test_with_dp_on_the_bound_stays_within_the_node_s_reported_epsilon(tiny_audi
     assert tiny_audit.outcome in ("passed", "too weak")
 
 
-@pytest.mark.simulation
 def test_the_audit_report_puts_the_bound_the_reported_epsilon_and_exposure_side_by_side(tiny_audit):
     out = tiny_audit.report.parent
     text = tiny_audit.report.read_text()

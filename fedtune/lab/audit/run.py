@@ -15,7 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fedtune.common.config import ConfigError, RunConfig, load_preset
 from fedtune.common.data import simulation_pool
@@ -24,7 +24,7 @@ from fedtune.lab.audit.bound import audit_bound
 from fedtune.lab.audit.exposure import summarize
 from fedtune.lab.audit.report import FAILED, AuditedRun, verdict, write
 from fedtune.lab.audit.scores import centred_by_label, loss_drops
-from fedtune.lab.simulation import simulate
+from fedtune.lab.simulation import SimulationResult, simulate
 from fedtune.node.local_data import node_examples
 
 DEFAULT_DELTA = 1e-5  # δ of a DP-off run's bound when no DP run says which δ the node used
@@ -67,10 +67,14 @@ def _audit_one(setting: str, result, cfg: RunConfig, name: str, cans: canary_fil
                       [float(s) for s in scores])
 
 
+Runner = Callable[..., SimulationResult]  # (preset, overrides, out, quiet=) -> a finished run's results folder
+
+
 def audit(preset: str | Path, out: str | Path, overrides: list[str] | None = None, canaries: int = 100,
           node: str | None = None, power_check: bool = True, guesses: int | None = None, confidence: float = 0.95,
-          seed: int | None = None, quiet: bool = False) -> AuditResult:
-    """Run the audit; the report's outcome is ``failed`` when ε̂ exceeds the reported ε."""
+          seed: int | None = None, quiet: bool = False, runner: Runner = simulate) -> AuditResult:
+    """Run the audit; the report's outcome is ``failed`` when ε̂ exceeds the reported ε. ``runner`` runs one
+    federation of the preset (Flower's Simulation Runtime; tests pass an in-process one)."""
     cfg, info = load_preset(preset, overrides)
     pid = partition_id(node, info.num_nodes)
     out_dir = Path(out).expanduser().resolve()
@@ -88,7 +92,7 @@ def audit(preset: str | Path, out: str | Path, overrides: list[str] | None = Non
         settings.append(("DP off", "dp-off", ["privacy.enabled=false"]))
     runs: list[AuditedRun] = []
     for setting, folder, extra in settings:
-        result = simulate(preset, with_canaries + extra, out_dir / folder, quiet=quiet)
+        result = runner(preset, with_canaries + extra, out_dir / folder, quiet=quiet)
         run_cfg, _ = load_preset(preset, with_canaries + extra)
         delta = runs[0].delta if runs else None
         runs.append(_audit_one(setting, result, run_cfg, own.name, cans, labels, delta, confidence, guesses))
