@@ -255,3 +255,14 @@ def test_an_epsilon_hat_above_the_reported_epsilon_is_reported_as_a_failure():
     assert outcome == FAILED and "AUDIT FAILED" in why
     assert verdict([run("DP on", 8.0, 0.0), run("DP off", None, 0.2)])[0] == WEAK
     assert verdict([run("DP on", 8.0, 0.0)])[0] == WEAK
+
+
+def test_the_audit_command_refuses_a_node_the_preset_does_not_have_before_anything_runs(tmp_path, capsys):
+    from fedtune.cli import main
+
+    preset = tmp_path / "two.toml"
+    preset.write_text("[simulation]\nnodes = 2\n")
+    out = tmp_path / "audit"
+    assert main(["privacy", "audit", str(preset), "--node", "hospital-5", "--out", str(out)]) == 2
+    assert "hospital-0 .. hospital-1" in capsys.readouterr().err
+    assert not out.exists()
