@@ -60,6 +60,13 @@ def central_eval_data(cfg: RunConfig, encoder) -> tuple[list, tuple[str, ...]]:
 EVAL_STREAM = 1 << 20  # the evaluation sample's seed stream (training's uses the attempt number, never this large)
 
 
+def seeded_sample(node_ids: list[int], k: int, seed: list[int]) -> list[int]:
+    """``k`` of ``node_ids`` (all if fewer), drawn from ``seed`` alone: a resumed run draws the same cohort."""
+    rng = np.random.default_rng(seed)
+    picks = rng.permutation(len(node_ids))[: min(k, len(node_ids))]  # indices: node ids are uint64
+    return sorted(node_ids[i] for i in picks)
+
+
 class Coordinator:
     """The server side of one federated run, one round at a time (state: global adapter + strategy)."""
 
@@ -132,8 +139,7 @@ class Coordinator:
         if fed.fraction_evaluate >= 1 or (fed.evaluate_all_last and rnd >= fed.rounds):
             return node_ids
         k = max(1, int(round(fed.fraction_evaluate * len(node_ids))))
-        rng = np.random.default_rng([self.cfg.train.seed, rnd, EVAL_STREAM])
-        return sorted(node_ids[i] for i in rng.permutation(len(node_ids))[:k])
+        return seeded_sample(node_ids, k, [self.cfg.train.seed, rnd, EVAL_STREAM])
 
     def evaluate(self, rnd: int, nodes: dict) -> dict:
         node_ids = self.evaluation_cohort(rnd)
@@ -168,9 +174,7 @@ class Coordinator:
         fed, secure = self.cfg.federation, self.cfg.secagg.enabled
         eligible = self.eligible()
         k = max(fed.min_nodes, int(round(fed.fraction_train * len(eligible))))
-        rng = np.random.default_rng([self.cfg.train.seed, rnd, attempt])  # see checkpoint.py: resumable as is
-        picks = rng.permutation(len(eligible))[: min(k, len(eligible))]  # indices: node ids are uint64
-        sampled = sorted(eligible[i] for i in picks)
+        sampled = seeded_sample(eligible, k, [self.cfg.train.seed, rnd, attempt])  # see checkpoint.py: resumable
         updates, adverts = [], {}
 
         def done(reply, e):

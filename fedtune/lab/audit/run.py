@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fedtune.common.config import ConfigError, RunConfig, load_preset
-from fedtune.common.data import simulation_pool
 from fedtune.lab.audit import canaries as canary_files
 from fedtune.lab.audit.bound import audit_bound
 from fedtune.lab.audit.exposure import summarize
@@ -83,7 +82,7 @@ def audit(preset: str | Path, out: str | Path, overrides: list[str] | None = Non
     seed = secrets.randbits(31) if seed is None else seed
     node_cfg = {"partition-id": pid, "num-partitions": info.num_nodes}
     own = node_examples(cfg.data, node_cfg)
-    _, labels = simulation_pool(cfg.data)
+    labels = own.labels  # the run's label set, from the split node_examples already built
     cans = canary_files.make_canaries(own.train[0], labels, canaries, seed)
     _, inserted_file = canary_files.save(cans, out_dir)
     with_canaries = list(overrides or []) + [f"data.canaries={inserted_file}", f"data.canary-node={pid}"]
