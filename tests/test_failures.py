@@ -253,3 +253,22 @@ def test_fraction_evaluate_asks_only_a_sample_of_nodes_and_the_last_round_asks_e
                                                          "federation.evaluate-all-last": False})
     run_federation(grid, cfg, tmp_path / "b", run_id=7)
     assert [len(r) for r in evaluated(tmp_path / "b")] == [2, 2, 2]
+
+
+def test_an_atomic_write_leaves_another_writers_fresh_temp_file_and_removes_a_crashed_ones(tmp_path):
+    """Two tuning workers rewrite one report: one's clean-up must not delete the other's temp file
+    mid-write (seen in CI as a failed rename), while a temp file a crash left long ago goes."""
+    import os
+    import time
+
+    from fedtune.common.files import STALE_TEMP_SECONDS, atomic_write_text
+
+    target = tmp_path / "tune-report.md"
+    in_flight, crashed = tmp_path / ".tune-report.md-abcd1234", tmp_path / ".tune-report.md-zzzz9999"
+    in_flight.write_text("another worker is writing")
+    crashed.write_text("left by a crash")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(crashed, (old, old))
+    atomic_write_text(target, "report")
+    assert target.read_text() == "report"
+    assert in_flight.exists() and not crashed.exists()

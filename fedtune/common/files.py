@@ -58,12 +58,19 @@ def fsync_directory(folder: str | Path) -> None:
         os.close(fd)
 
 
+STALE_TEMP_SECONDS = 3600.0
+
+
 def _remove_stale_temps(path: Path) -> None:
-    """Temp files of earlier writes to ``path`` that a crash left behind (one writer per file: ours is done)."""
+    """Temp files of earlier writes to ``path`` that a crash left behind.  Only old ones: another
+    process may be writing the same file right now (two tuning workers both rewrite the study's
+    report), and deleting its temp file would make its rename fail."""
     stale = re.compile(rf"\.{re.escape(path.name)}-[a-z0-9_]{{8}}")
+    cutoff = time.time() - STALE_TEMP_SECONDS
     for p in path.parent.glob(f".{glob.escape(path.name)}-*"):
-        if stale.fullmatch(p.name) and p.is_file():
-            p.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # the other writer renamed it meanwhile
+            if stale.fullmatch(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str, private: bool = False) -> None:
