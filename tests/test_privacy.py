@@ -12,6 +12,7 @@ from fedtune.common.data import generate_triage
 from fedtune.common.objective import per_sample_forward
 from fedtune.node.privacy import DPPlan, DPStepper, LedgerError, PrivacyLedger, epsilon, plan_round, poisson_sample_rate
 from fedtune.node.privacy.accounting import SIGMA_CEILING, accountant_for, paced_noise
+from fedtune.node.privacy.guard import expected_rounds
 from fedtune.node.policy import NodePolicy, PolicyRefusal
 from fedtune.node.training import train_local
 
@@ -332,6 +333,34 @@ def test_target_epsilon_sets_sigma_for_the_planned_rounds(tmp_path):
     assert epsilon(planned, rp.ledger.delta) == pytest.approx(4.0, rel=0.02)
     fixed = _plan(_cfg(**{"privacy.noise-multiplier": 2.5}), node)
     assert fixed.plan.noise_multiplier == 2.5
+
+
+def test_sigma_is_planned_over_the_rounds_a_sampled_node_expects_to_train_in(tmp_path):
+    """9 rounds, a quarter of the nodes each: a node sampled in round 1 expects 1 + 8/4 = 3 rounds,
+    so its σ spends the target over 3 rounds (less noise than if it trained in all 9)."""
+    node = {"data-path": "x.jsonl", "state-dir": str(tmp_path), "max-epsilon": 100.0}
+    flat = {"privacy.target-epsilon": 4.0, "federation.rounds": 9, "train.local-steps": 4}
+    sampled = _plan(_cfg(**flat, **{"federation.fraction-train": 0.25}), node)
+    assert epsilon([sampled.plan.segment] * 3, sampled.ledger.delta) == pytest.approx(4.0, rel=0.02)
+    everyone = _plan(_cfg(**flat), node)
+    assert sampled.plan.noise_multiplier < 0.9 * everyone.plan.noise_multiplier
+    assert expected_rounds(9, 0.25) == 3 and expected_rounds(1, 0.25) == 1 and expected_rounds(9, 0.3) == 4
+
+
+def test_a_coordinator_sampling_a_node_more_often_than_its_fraction_says_cannot_take_it_past_its_budget(tmp_path):
+    """The run config says 10 % participation; the coordinator asks the node every round. The node
+    planned less noise, so each later round must pay with more: its ledger never exceeds its budget."""
+    node = {"data-path": "x.jsonl", "state-dir": str(tmp_path), "max-epsilon": 3.0}
+    cfg = _cfg(**{"privacy.target-epsilon": 3.0, "federation.rounds": 5, "federation.fraction-train": 0.1,
+                  "train.local-steps": 4})
+    sigmas = []
+    for rnd in range(1, 6):
+        rp = _plan(cfg, node, rnd=rnd)
+        assert rp.allowed
+        rp.ledger.record(rp.plan.segment)
+        sigmas.append(rp.plan.noise_multiplier)
+        assert rp.ledger.epsilon() <= 3.0 + 1e-9
+    assert sigmas == sorted(sigmas) and sigmas[-1] > 1.3 * sigmas[0]
 
 
 def test_budget_refusal_and_server_config_cannot_raise_a_node_budget(tmp_path):

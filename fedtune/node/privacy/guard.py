@@ -2,8 +2,12 @@
 
 Every bound comes from the node's policy (``node/policy.py``: its own node config), never from
 the coordinator's run config: ``max-epsilon`` caps the ledger's total, ``max-delta`` caps δ.
-σ is *paced*: chosen from the budget still left over the rounds still planned, so a run extended
-with more rounds trains on with more noise, and a retried round never overspends.  Before
+σ is *paced*: chosen from the budget still left over the rounds the node still expects to train
+in, so a run extended with more rounds trains on with more noise, and a retried round never
+overspends.  With partial participation a node trains in about ``fraction-train`` of the rounds,
+so it plans over that many, not over every round: that is the run config's word, and a
+coordinator that samples the node more often than it said only makes it reach its budget sooner,
+where its own ledger stops it (never beyond).  Before
 training the node computes the ε it would have after this round; beyond its budget it declines.
 """
 
@@ -39,6 +43,13 @@ def expected_units_per_batch(batch_size: int, num_records: int, num_units: int) 
     return max(1, round(batch_size * num_units / num_records))
 
 
+def expected_rounds(rounds_left: int, fraction_train: float) -> int:
+    """Rounds a node sampled now expects to train in, this one included: it certainly trains now,
+    and in each later round with probability ``fraction_train`` (rounded up: a little more noise,
+    never a plan that runs out early on average)."""
+    return max(1, math.ceil(1 + (rounds_left - 1) * fraction_train - 1e-9))
+
+
 def plan_round(cfg: RunConfig, policy: NodePolicy, ledger: PrivacyLedger, units: int, records: int,
                rnd: int) -> RoundPrivacy:
     """σ, q and the ε this round would bring the node's ledger to (nothing is spent here)."""
@@ -52,8 +63,8 @@ def plan_round(cfg: RunConfig, policy: NodePolicy, ledger: PrivacyLedger, units:
         sigma: float | None = p.noise_multiplier
     else:  # the ledger may reach min(target, budget) by the run's last planned round
         goal = min(p.target_epsilon, policy.max_epsilon)
-        remaining_rounds = max(1, cfg.federation.rounds - rnd + 1)
-        sigma = paced_noise(tuple(ledger.history), goal, delta, q, steps * remaining_rounds,
+        rounds = expected_rounds(cfg.federation.rounds - rnd + 1, cfg.federation.fraction_train)
+        sigma = paced_noise(tuple(ledger.history), goal, delta, q, steps * rounds,
                             ledger.accountant)
     if sigma is None:  # nothing left to spend: not even the largest σ fits
         plan = DPPlan(math.inf, q, steps, p.max_grad_norm)
