@@ -255,20 +255,21 @@ def test_fraction_evaluate_asks_only_a_sample_of_nodes_and_the_last_round_asks_e
     assert [len(r) for r in evaluated(tmp_path / "b")] == [2, 2, 2]
 
 
-def test_an_atomic_write_leaves_another_writers_fresh_temp_file_and_removes_a_crashed_ones(tmp_path):
+def test_an_atomic_write_leaves_another_writers_live_temp_file_and_removes_a_crashed_ones(tmp_path):
     """Two tuning workers rewrite one report: one's clean-up must not delete the other's temp file
-    mid-write (seen in CI as a failed rename), while a temp file a crash left long ago goes."""
-    import os
-    import time
+    mid-write (seen in CI as a failed rename), while a temp file a dead writer left goes."""
+    import fcntl
 
-    from fedtune.common.files import STALE_TEMP_SECONDS, atomic_write_text
+    from fedtune.common.files import atomic_write_text
 
     target = tmp_path / "tune-report.md"
     in_flight, crashed = tmp_path / ".tune-report.md-abcd1234", tmp_path / ".tune-report.md-zzzz9999"
-    in_flight.write_text("another worker is writing")
-    crashed.write_text("left by a crash")
-    old = time.time() - STALE_TEMP_SECONDS - 60
-    os.utime(crashed, (old, old))
-    atomic_write_text(target, "report")
-    assert target.read_text() == "report"
-    assert in_flight.exists() and not crashed.exists()
+    crashed.write_text("left by a writer that died (its lock went with it)")
+    with in_flight.open("w") as live:
+        fcntl.flock(live, fcntl.LOCK_EX)  # what a writer holds from its temp file's creation to the rename
+        live.write("another worker is writing")
+        atomic_write_text(target, "report")
+        assert target.read_text() == "report"
+        assert in_flight.exists() and not crashed.exists()
+    atomic_write_text(target, "report 2")  # that writer is gone: its temp file is a leftover now
+    assert not in_flight.exists() and target.read_text() == "report 2"

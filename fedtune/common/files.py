@@ -34,19 +34,30 @@ def atomic_write_bytes(path: str | Path, data: bytes, private: bool = False) -> 
     """Temp file in the same folder + fsync + rename. ``private``: readable by the owner only (keys)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):
+        try:
+            _write_and_rename(path, data, private)
+            break
+        except FileNotFoundError:  # another writer's clean-up took our temp file in the instant before we locked it
+            if attempt == 2 or not path.parent.is_dir():
+                raise
+    fsync_directory(path.parent)  # the rename itself must survive a power cut, not only the bytes
+    _remove_stale_temps(path)
+
+
+def _write_and_rename(path: Path, data: bytes, private: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600 if private else 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be read
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:  # locked until closed, after the rename: a live write, not a crash's leftover
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            os.fchmod(fh.fileno(), 0o600 if private else 0o666 & ~_umask())  # mkstemp makes 0600; results are read
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)  # the rename itself must survive a power cut, not only the bytes
-    _remove_stale_temps(path)
 
 
 def fsync_directory(folder: str | Path) -> None:
@@ -58,19 +69,25 @@ def fsync_directory(folder: str | Path) -> None:
         os.close(fd)
 
 
-STALE_TEMP_SECONDS = 3600.0
-
-
 def _remove_stale_temps(path: Path) -> None:
-    """Temp files of earlier writes to ``path`` that a crash left behind.  Only old ones: another
-    process may be writing the same file right now (two tuning workers both rewrite the study's
-    report), and deleting its temp file would make its rename fail."""
+    """Temp files of earlier writes to ``path`` that a crash left behind.  Not another process's live
+    write (two tuning workers both rewrite the study's report): a writer holds a lock on its temp file
+    until it is renamed, and the OS drops the lock of a process that died."""
     stale = re.compile(rf"\.{re.escape(path.name)}-[a-z0-9_]{{8}}")
-    cutoff = time.time() - STALE_TEMP_SECONDS
     for p in path.parent.glob(f".{glob.escape(path.name)}-*"):
-        with contextlib.suppress(FileNotFoundError):  # the other writer renamed it meanwhile
-            if stale.fullmatch(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
-                p.unlink(missing_ok=True)
+        if not stale.fullmatch(p.name) or not p.is_file():
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # renamed meanwhile, or not a plain file
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            p.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass  # being written right now
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str, private: bool = False) -> None:
