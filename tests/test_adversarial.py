@@ -105,7 +105,7 @@ def test_new_run_keys_never_restart_a_nodes_budget_on_the_same_records(deployed)
     for c in configs:
         (ledger,) = _ledgers(c)  # one ledger per data source, both runs in it: no fresh budget
         assert [r["run_id"] for r in ledger.rounds] == [7, 8]
-        alone = epsilon(ledger.history[-1:], ledger.delta)  # what a fresh ledger would have said
+        alone = epsilon(ledger.history[-1:], ledger.delta, ledger.accountant)  # what a fresh ledger would have said
         reported = next(n["epsilon"] for n in second.values() if n["name"] == c["name"])
         assert reported == pytest.approx(ledger.epsilon()) and reported > max(alone, spent[c["name"]])
 
@@ -172,7 +172,7 @@ def test_nothing_computed_from_private_batches_leaves_in_the_clear(deployed):
     grid, coord, _ = deployed()
     coord.train(1, {})
     allowed = {"examples", "num_records", "delta", "max_epsilon", "sample_rate", "noise_multiplier", "epsilon",
-               "steps", "samples", "train_seconds", "delta_clipped"}
+               "steps", "samples", "train_seconds", "prepare_seconds", "delta_clipped"}
     trains = [r for mtype, _, r in grid.sent if mtype == "train"]
     assert len(trains) == NODES
     for reply in trains:  # every record of the reply: metrics, info, the SecAgg+ advertisement

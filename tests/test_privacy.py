@@ -54,8 +54,8 @@ def test_paced_noise_never_tries_a_sigma_below_half_the_answer(monkeypatch, name
 
 
 def test_paced_noise_declines_when_even_the_ceiling_overspends():
-    assert paced_noise(((0.3, 0.5, 200),), 2.0, 1e-5, 0.5, 3) is None
-    assert epsilon([(0.3, 0.5, 200), (SIGMA_CEILING, 0.5, 3)], 1e-5) > 2.0
+    assert paced_noise(((0.3, 0.5, 200),), 2.0, 1e-5, 0.5, 3, "rdp") is None
+    assert epsilon([(0.3, 0.5, 200), (SIGMA_CEILING, 0.5, 3)], 1e-5, "rdp") > 2.0
 
 
 def test_ledger_matches_a_fresh_opacus_accountant_across_rounds_and_restarts(tmp_path):
@@ -84,6 +84,36 @@ def test_ledger_is_keyed_by_dataset_and_refuses_changed_settings(tmp_path):
     assert PrivacyLedger.open(tmp_path, "b" * 64, "rdp", 1e-4, 100).history == []  # another dataset
     with pytest.raises(LedgerError, match="accountant=prv"):
         PrivacyLedger.open(tmp_path, "a" * 64, "prv", 1e-4, 100)
+
+
+def test_a_new_ledger_uses_prv_and_one_kept_with_rdp_stays_rdp_when_the_node_names_none(tmp_path):
+    assert PrivacyLedger.open(tmp_path / "new", "a" * 64, None, 1e-4, 100).accountant == "prv"
+    old = PrivacyLedger.open(tmp_path / "old", "a" * 64, "rdp", 1e-4, 100)
+    old.record((1.0, 0.1, 3))
+    kept = PrivacyLedger.open(tmp_path / "old", "a" * 64, None, 1e-4, 100)
+    assert kept.accountant == "rdp" and kept.epsilon() == pytest.approx(old.epsilon())
+    assert NodePolicy.of({"data-path": "x.jsonl", "state-dir": "s"}, _cfg()).accountant is None
+    assert NodePolicy.of({"partition-id": 0, "num-partitions": 2}, _cfg()).accountant == "prv"
+
+
+@pytest.mark.parametrize("history", [
+    [(0.9, 1 / 12, 9)],  # the quickstart's shape: one node, 3 rounds x 3 steps
+    [(0.56, 1 / 12, 3), (0.5, 1 / 12, 3), (0.45, 1 / 12, 3), (1.2, 0.05, 40)],  # paced, then another run
+])
+def test_the_default_prv_epsilon_agrees_with_googles_pld_accountant_and_is_below_rdp(history):
+    """An independent implementation (Google's dp-accounting, privacy loss distributions) on the same
+    history: PRV and PLD are both upper bounds on the exact ε, so they agree closely; RDP is looser."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    delta = 0.1 / 400
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    for sigma, q, steps in history:
+        pld.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    ours, google = epsilon(history, delta, "prv"), pld.get_epsilon(delta)
+    assert ours == pytest.approx(google, rel=0.01, abs=0.02)
+    assert ours >= google - 0.02  # ours is an upper bound too, never optimistic beyond PRV's stated error
+    assert epsilon(history, delta, "rdp") > 1.05 * ours
 
 
 @pytest.mark.parametrize("crash_in", ["write", "fsync", "replace"])
@@ -266,8 +296,10 @@ def test_an_empty_poisson_batch_gets_gaussian_noise_of_scale_sigma_times_c(tiny_
 
 def test_the_ledger_matches_an_independent_accountant_fed_the_steps_actually_taken(tmp_path, run_config, monkeypatch):
     """A deployed node's round, end to end; Opacus's own engine counts the optimizer steps it really
-    took, and Google's dp-accounting (not Opacus) turns them into ε."""
+    took, and Google's dp-accounting (not Opacus) turns them into ε: its privacy loss distributions
+    for the default PRV ledger (both tight upper bounds), its RDP for a node that keeps RDP."""
     import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
     from dp_accounting.rdp import RdpAccountant
     from opacus.accountants.rdp import RDPAccountant
 
@@ -294,13 +326,16 @@ def test_the_ledger_matches_an_independent_accountant_fed_the_steps_actually_tak
         local = train_round(cfg, node, 7, rnd, arrays, NodeCache())
         taken += engines[-1].accountant.history  # (σ, q, steps) as Opacus's optimizer hook counted them
     assert sum(s for *_, s in taken) == 15
-    independent = RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    rdp = RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
     for sigma, q, steps in taken:
-        independent.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+        for independent in (pld, rdp):
+            independent.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     (ledger_path,) = (tmp_path / "state").glob("privacy-ledger-*.json")
     ledger = PrivacyLedger.load(ledger_path)
-    assert local.metrics["epsilon"] == pytest.approx(ledger.epsilon())
-    assert ledger.epsilon() == pytest.approx(independent.get_epsilon(ledger.delta), rel=1e-3)
+    assert ledger.accountant == "prv" and local.metrics["epsilon"] == pytest.approx(ledger.epsilon())
+    assert ledger.epsilon() == pytest.approx(pld.get_epsilon(ledger.delta), rel=0.01, abs=0.02)
+    assert epsilon(ledger.history, ledger.delta, "rdp") == pytest.approx(rdp.get_epsilon(ledger.delta), rel=1e-3)
 
 
 def _cfg(**flat):

@@ -111,7 +111,7 @@ def test_secure_round_gives_the_weighted_average_and_the_strategy_sees_only_the_
 
 # Every record a node's reply may hold, per message type, and every key in it.
 TRAIN_METRICS = {"examples", "num_records", "delta", "max_epsilon", "sample_rate", "noise_multiplier", "epsilon",
-                 "steps", "samples", "train_seconds", "delta_clipped"}
+                 "steps", "samples", "train_seconds", "prepare_seconds", "delta_clipped"}
 REPLY_RECORDS = {
     "train": {"metrics": TRAIN_METRICS, "info": {"name", "status"},
               "secagg": {"name", "params", "c_public", "s_public", "weight", "b_commit", "signature"}},

@@ -107,13 +107,13 @@ def test_dp_is_on_by_default_and_epsilon_matches_each_node_ledger(tiny_run):
     for node in last["nodes"].values():
         ledger = ledgers[node["name"]]
         assert node["delta"] == ledger["delta"] < 1 / node["num_records"]
-        assert node["epsilon"] == pytest.approx(epsilon(ledger["history"], ledger["delta"]), abs=1e-9)
+        assert node["epsilon"] == pytest.approx(epsilon(ledger["history"], ledger["delta"], ledger["accountant"]), abs=1e-9)
         assert 0 < node["epsilon"] <= 8.0 and len(ledger["rounds"]) == 2
     assert "## Privacy (record-level DP-SGD per node)" in (tiny_run.out / "report.md").read_text()
 
 
 def test_nodes_stop_at_their_budget_and_the_run_ends_cleanly_when_none_may_train(tiny_model_dir, tmp_path, capsys):
-    """IID split (34 records each), σ = 1, 3 steps a round: ε ≈ 1.32 after 1 round and ≈ 1.63 after 2,
+    """IID split (34 records each), σ = 1, 3 steps a round, RDP: ε ≈ 1.32 after 1 round and ≈ 1.63 after 2,
     so with a budget of 1.45 every node trains in round 1 and declines in round 2; with no node left
     that may train, the run ends there - a normal end with its report and adapter, not a failure."""
     result = simulate(
@@ -121,7 +121,7 @@ def test_nodes_stop_at_their_budget_and_the_run_ends_cleanly_when_none_may_train
         [f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=120",
          "data.partition=iid", "train.local-steps=3", "train.batch-size=4", "federation.rounds=3",
          "federation.min-nodes=3", "simulation.nodes=3", "simulation.cpus-per-node=1",
-         "privacy.noise-multiplier=1.0", "privacy.simulated-max-epsilon=1.45"],
+         "privacy.noise-multiplier=1.0", "privacy.simulated-max-epsilon=1.45", "privacy.accountant=rdp"],
         tmp_path / "run", quiet=True,
     )
     metrics = read_metrics(result.out / "metrics.jsonl")

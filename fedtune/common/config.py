@@ -236,7 +236,8 @@ class PrivacyConfig:
                         "A node never uses a larger δ than its own", _non_negative)
     unit: str = _opt("record", "what ε protects: one record, or one group of records (data.group-column: a patient, "
                      "a customer) - DP-SGD then samples and clips per group", _one_of("record", "group"))
-    accountant: str = _opt("rdp", "privacy accountant", _one_of("rdp", "prv"))
+    accountant: str = _opt("prv", "accountant of simulated nodes: prv (Opacus PRV, Gopi et al. 2021: tight) or rdp "
+                           "(Rényi DP: looser, about 10% more noise at the same ε)", _one_of("rdp", "prv"))
     clipping: str = _opt("hooks", "Opacus per-sample gradient mode: hooks (fastest for LoRA) or ghost", _one_of("hooks", "ghost"))
     simulated_max_epsilon: float = _opt(
         8.0, "budget of *simulated* nodes only; a deployed node's budget is its own node config 'max-epsilon'", _positive

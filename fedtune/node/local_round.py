@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
     policy = NodePolicy.of(node_config, cfg)
     eff = policy.effective(cfg)
     # the model holds exactly the received global adapter (anything else is refused)
+    start = time.perf_counter()
     model, encoder, data = cache.prepare(cfg, node_config, global_arrays)
+    prepared = {"prepare_seconds": time.perf_counter() - start}  # model + records ready: what scale benchmarks split out
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, lr=round_lr(cfg.train, cfg.federation.rounds, rnd)))  # this round's rate, for both steppers
     moments = dict(moments) if cfg.train.carry_optimizer_state and moments else None
@@ -53,7 +56,7 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
     if not eff.enabled:  # only where the node's policy allows it (simulations; require-dp = false)
         result = train_local(model, encoder, data.train, cfg.train, cfg.model.precision, seed, labels=data.labels,
                              moments=moments)
-        metrics = {**_counts(data), "train_loss": result.loss, **_work(result)}
+        metrics = {**_counts(data), "train_loss": result.loss, **_work(result), **prepared}
         return LocalRound(data, OK, metrics, _update(model, global_arrays, cfg), _carried(cfg, result))
     state = policy.state_dir_for(cfg, data.name, run_id)
     # One round at a time per state dir, from the budget check to the ledger write: two runs (or two
@@ -76,7 +79,7 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
         update = _update(model, global_arrays, cfg)
         ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)  # persisted before anything leaves
     # No training loss: it is computed from the private Poisson batch and DP-SGD does not cover it.
-    metrics.update(epsilon=ledger.epsilon(delta=privacy.delta), **_work(result))
+    metrics.update(epsilon=ledger.epsilon(delta=privacy.delta), **_work(result), **prepared)
     return LocalRound(data, OK, metrics, update, _carried(cfg, result))
 
 

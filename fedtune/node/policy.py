@@ -61,7 +61,7 @@ class NodePolicy:
     release_label_counts: bool  # per-label tp/fp/fn in evaluation replies (a held-out label histogram)
     unit: str  # "record" or "group": the unit ε protects (at least)
     group_column: str  # the field naming each record's group (patient, customer), for unit = group
-    accountant: str
+    accountant: str | None  # None: the ledger's own, or the default (PRV) for a new ledger
     state_dir: Path | None  # None: a simulated node's folder is derived per run (see ``state_dir_for``)
     min_peers: int = DEFAULT_MIN_PEERS  # SecAgg+: smallest survivor set, itself included, it takes part in
     min_threshold: int = DEFAULT_MIN_THRESHOLD  # SecAgg+: smallest threshold it accepts
@@ -86,7 +86,7 @@ class NodePolicy:
             release_label_counts=r.flag("release-label-counts", False),
             unit=r.choice("privacy-unit", "record", UNITS),
             group_column=r.text("group-column", ""),
-            accountant=r.choice("accountant", "rdp", ACCOUNTANTS),
+            accountant=r.choice("accountant", "", ("", *ACCOUNTANTS)) or None,
             state_dir=r.path("state-dir"),
             min_peers=int(r.number("min-peers", DEFAULT_MIN_PEERS, integer=True)),
             min_threshold=int(r.number("min-threshold", DEFAULT_MIN_THRESHOLD, integer=True)),
@@ -171,7 +171,7 @@ class EffectivePrivacy:
     enabled: bool
     unit: str
     group_column: str
-    accountant: str
+    accountant: str | None
 
 
 class _Reader:

@@ -22,7 +22,7 @@ from typing import Iterable
 
 from fedtune.common.data import Example
 from fedtune.common.files import atomic_write_text
-from fedtune.node.privacy.accounting import Segment, epsilon
+from fedtune.node.privacy.accounting import DEFAULT_ACCOUNTANT, Segment, epsilon
 
 VERSION = 2
 LEDGER_LOCK = "privacy-ledger.lock"  # held from a round's budget check until its ledger write
@@ -59,10 +59,11 @@ class PrivacyLedger:
 
     # -- persistence -----------------------------------------------------------------
     @classmethod
-    def open(cls, state_dir: str | Path, source: str, accountant: str, delta: float, num_records: int,
+    def open(cls, state_dir: str | Path, source: str, accountant: str | None, delta: float, num_records: int,
              unit: str = "record", raw_fingerprint: str = "") -> "PrivacyLedger":
         """This source's ledger from ``state_dir`` (also found by ``raw_fingerprint`` if the file moved),
-        or a new one (not yet written) that starts from any version-1 ledgers found there."""
+        or a new one (not yet written) that starts from any version-1 ledgers found there.  ``accountant``
+        None: the ledger's own (one kept before PRV became the default stays on RDP), or the default."""
         directory = Path(state_dir).expanduser()
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ class PrivacyLedger:
         if not path.exists():
             return cls._new(path, source, accountant, delta, num_records, unit, raw_fingerprint)
         ledger = cls.load(path)
-        ledger._check(accountant, unit)
+        ledger._check(accountant or ledger.accountant, unit)
         if raw_fingerprint and raw_fingerprint not in ledger.raw_fingerprints:
             ledger.raw_fingerprints.append(raw_fingerprint)  # the records changed: their spending carries on
         ledger.num_records = num_records
@@ -84,15 +85,15 @@ class PrivacyLedger:
     @classmethod
     def _new(cls, path, source, accountant, delta, num_records, unit, raw_fingerprint) -> "PrivacyLedger":
         """Histories of version-1 ledgers (keyed by the training split) carry over: never a fresh start."""
+        legacies = [cls.load(old) for old in sorted(path.parent.glob("privacy-ledger-*.json"))
+                    if _peek(old).get("version") == 1]
+        accountant = accountant or (legacies[0].accountant if legacies else DEFAULT_ACCOUNTANT)
         ledger = cls(path, source, accountant, delta, num_records, unit=unit,
                      raw_fingerprints=[raw_fingerprint] if raw_fingerprint else [])
-        for old in sorted(path.parent.glob("privacy-ledger-*.json")):
-            raw = _peek(old)
-            if raw.get("version") == 1:
-                legacy = cls.load(old)
-                ledger._check(legacy.accountant, "record")
-                ledger.history += legacy.history
-                ledger.rounds += [{**r, "carried_over_from": old.name} for r in legacy.rounds]
+        for legacy in legacies:
+            ledger._check(legacy.accountant, "record")
+            ledger.history += legacy.history
+            ledger.rounds += [{**r, "carried_over_from": Path(legacy.path).name} for r in legacy.rounds]
         return ledger
 
     def _check(self, accountant: str, unit: str) -> None:
