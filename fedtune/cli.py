@@ -203,6 +203,17 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from fedtune.common.files import atomic_write_text
+    from fedtune.lab.runs_table import runs_table
+
+    table = runs_table(args.folders)
+    print(table, end="")
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedtune", description="Federated, privacy-preserving LoRA fine-tuning on Flower")
     sub = p.add_subparsers(dest="command", required=True)
@@ -321,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--force", action="store_true", help="replace an existing roster file")
     rb.set_defaults(func=_cmd_roster_build)
 
+    rt = sub.add_parser("runs", help="finished results folders side by side: accuracy, ε, seconds, and the settings "
+                        "that differ between them")
+    rt.add_argument("folders", nargs="+", help="results folders (e.g. runs/*)")
+    rt.add_argument("--out", help="also write the Markdown table to this file")
+    rt.set_defaults(func=_cmd_runs)
+
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", required=True)
     mp = msub.add_parser("prepare", help="convert/cache a model once (default: the packaged SmolLM2)")
@@ -335,6 +352,7 @@ USER_ERRORS = {
     "fedtune.common.files": "FolderBusy", "fedtune.common.model": "ModelError",
     "fedtune.common.secagg.roster": "RosterError", "fedtune.coordinator.certs": "CertError",
     "fedtune.coordinator.checkpoint": "CheckpointError", "fedtune.lab.simulation": "SimulationError",
+    "fedtune.lab.runs_table": "RunsError",
     "fedtune.node.node_key": "NodeKeyError", "fedtune.node.privacy.ledger": "LedgerError",
 }
 

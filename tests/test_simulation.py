@@ -236,3 +236,55 @@ def test_real_nodes_lost_mid_protocol_in_a_flower_simulation_and_the_round_compl
     assert "train.secagg_unmask" in by_name["hospital-3"][1]["error"]
     assert all(by_name[f"hospital-{i}"][1]["status"] == "ok" for i in (0, 2, 4, 5, 6))
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture
+def two_node_ray_cluster():
+    """A Ray cluster of two nodes (1 CPU each) started on this machine with Ray's own CLI, as a user
+    starts one across machines; stopped afterwards."""
+    import os
+    import sys
+    import tempfile
+
+    from fedtune.lab.simulation import free_port
+
+    ray = str(Path(sys.executable).parent / "ray")
+    port, temp = free_port(), tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths are limited
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    try:
+        for args in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"],
+                     [f"--address=127.0.0.1:{port}"]):
+            started = subprocess.run([ray, "start", *args, *common], env=env, capture_output=True, text=True,
+                                     timeout=180)
+            assert started.returncode == 0, started.stdout + started.stderr
+        yield f"127.0.0.1:{port}", Path(temp)
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_simulation_runs_on_an_existing_two_node_ray_cluster(tiny_model_dir, tmp_path, two_node_ray_cluster):
+    """simulation.ray-address: Flower's Simulation Runtime joins the running cluster (its nodes run as
+    Ray actors there) instead of starting a Ray of its own; 3 simulated nodes, DP and SecAgg+, complete."""
+    import sys
+
+    address, temp = two_node_ray_cluster
+    alive = subprocess.run([sys.executable, "-c", "import ray; ray.init(address=%r, logging_level='ERROR'); "
+                            "print(sum(n['Alive'] for n in ray.nodes()))" % address],
+                           capture_output=True, text=True, timeout=120)
+    assert alive.stdout.strip().splitlines()[-1] == "2", alive.stderr
+    result = simulate(None, [
+        f"model.name={json.dumps(str(tiny_model_dir))}", "model.precision=fp32", "lora.r=4", "data.records=120",
+        "train.local-steps=2", "train.batch-size=4", "federation.rounds=1", "federation.min-nodes=3",
+        "simulation.nodes=3", "simulation.cpus-per-node=1", f"simulation.ray-address={address}",
+        "privacy.noise-multiplier=1.0"], tmp_path / "run", quiet=True)
+    metrics = read_metrics(result.out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1] and metrics[1]["aggregation"] == "fedavg"
+    logs = [p for p in (temp / "session_latest" / "logs").glob("*") if p.is_file()]
+    assert any("ClientAppActor" in p.read_text(errors="replace") for p in logs)  # the nodes ran on the cluster
+
+
+def test_a_ray_address_without_cpus_per_node_is_refused_with_the_fix(tmp_path, capsys):
+    code = cli_main(["simulate", "--set", "simulation.ray-address=10.0.0.5:6379", "--out", str(tmp_path / "x")])
+    assert code == 2 and "needs simulation.cpus-per-node" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -267,6 +267,9 @@ class SecAggConfig:
 class OutputConfig:
     dir: str = _opt("", "results folder (absolute); empty = runs/<timestamp> under the current directory")
     resume: bool = _opt(False, "continue the run checkpointed in output.dir from its last completed round")
+    tracking: str = _opt("", "also send per-round metrics to an experiment tracker: 'tensorboard' (writes "
+                         "<output.dir>/tensorboard; pip install 'fedtune[tracking]'), or empty for none",
+                         _one_of("", "tensorboard"))
 
 
 @dataclass(frozen=True)
@@ -453,6 +456,7 @@ class Preset:
     num_nodes: int
     cpus_per_node: int | None = None  # CPU cores per simulated node (None = all cores, one node at a time)
     gpus_per_node: float = 0.0  # share of a GPU per simulated node (Ray's num-gpus: 0.25 = 4 nodes per GPU)
+    ray_address: str = ""  # an existing Ray cluster's address (host:port, or "auto"); empty = a local Ray per run
     path: Path | None = None
     tune: dict[str, Any] = field(default_factory=dict)  # the [tune] table, read by `fedtune tune` only
 
@@ -483,8 +487,16 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
     nodes = sim.pop("nodes", 4)
     cpus = sim.pop("cpus-per-node", None)
     gpus = sim.pop("gpus-per-node", 0.0)
+    ray_address = sim.pop("ray-address", "")
     if sim:
-        raise ConfigError(f"unknown [simulation] keys {sorted(sim)}; supported: nodes, cpus-per-node, gpus-per-node")
+        raise ConfigError(f"unknown [simulation] keys {sorted(sim)}; supported: nodes, cpus-per-node, gpus-per-node, "
+                          "ray-address")
+    if not isinstance(ray_address, str) or (ray_address and ray_address != "auto" and ":" not in ray_address):
+        raise ConfigError(f"simulation.ray-address must be a running Ray cluster's head as host:port (what `ray start "
+                          f"--head` printed, e.g. 10.0.0.5:6379) or 'auto', got {ray_address!r}")
+    if ray_address and cpus is None:
+        raise ConfigError("simulation.ray-address needs simulation.cpus-per-node: the default (every core of this "
+                          "machine per node) may not fit on any machine of the cluster")
     if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus <= 1:
         raise ConfigError(f"simulation.gpus-per-node must be a share of one GPU in [0, 1] (0.5 = two nodes per GPU, "
                           f"0 = CPU only), got {gpus!r}")
@@ -498,4 +510,4 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
             "no round could ever start. Lower min-nodes or simulate more nodes"
         )
     return cfg, Preset(values=flat, num_nodes=nodes, cpus_per_node=cpus, gpus_per_node=float(gpus),
-                       path=Path(path) if path else None, tune=tune)
+                       ray_address=ray_address, path=Path(path) if path else None, tune=tune)

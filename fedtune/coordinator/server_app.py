@@ -32,6 +32,7 @@ from fedtune.coordinator.checkpoint import Checkpoint, CheckpointError, check_re
 from fedtune.coordinator.grid import wait_for_nodes
 from fedtune.coordinator.report import RunRecorder
 from fedtune.coordinator.rounds import Coordinator, adapter_meta
+from fedtune.coordinator.tracking import Tracker, check_tracker, open_tracker, round_scalars
 from fedtune.coordinator.stop_request import clear_stop_request, take_stop_request, wait_at_gate
 
 app = ServerApp()
@@ -103,6 +104,7 @@ def _requested_stop(out: Path, rnd: int, rounds: int) -> Stop | None:
 
 def check_start(cfg: RunConfig, out: Path) -> None:
     """Everything that can refuse to start or resume, checked before anything is written."""
+    check_tracker(cfg.output.tracking)
     if cfg.output.resume:
         ckpt = load_checkpoint(out)
         check_resumable(ckpt.config, cfg.to_flat(), ckpt.round)
@@ -153,29 +155,12 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0) -> Pa
         log(INFO, "fedtune: results will be written to %s", out)
         node_ids = wait_for_nodes(grid, cfg.federation.min_nodes, cfg.federation.node_wait_timeout)
         recorder.meta["nodes_connected"] = len(node_ids)
-        stop = None
-        for rnd in range(first, cfg.federation.rounds + 1):
-            t0 = time.monotonic()
-            if rnd == 0:
-                nodes: dict = {}
-                record: dict | None = {"round": 0, **coord.evaluate(0, nodes), "nodes": nodes}
-            else:
-                record, stop = run_round(coord, rnd)
-            if stop is not None:
-                log(ERROR if stop.kind == "failure" else WARNING, "fedtune: run stopped at round %d: %s", rnd, stop.reason)
-                break
-            record["seconds"] = round(time.monotonic() - t0, 3)
-            # The checkpoint first: a crash before the metrics line is appended is repaired on resume.
-            save_checkpoint(out, Checkpoint(rnd, coord.global_arrays, coord.strategy.state_arrays(),
-                                            [*recorder.records, record], cfg.to_flat(), recorder.meta))
-            recorder.log_round(record)
-            acc = record["eval_accuracy"]
-            log(INFO, "[round %d/%d] global eval accuracy %s, loss %s, %.1fs", rnd, cfg.federation.rounds,
-                "n/a" if acc is None else f"{100 * acc:.1f}%", record["eval_loss"], record["seconds"])
-            stop = _requested_stop(out, rnd, cfg.federation.rounds)
-            if stop is not None:
-                log(WARNING, "fedtune: stopping after round %d as requested: %s", rnd, stop.reason)
-                break
+        tracker = open_tracker(cfg.output.tracking, out, first)
+        try:
+            stop = _rounds(coord, cfg, out, recorder, tracker, first)
+        finally:
+            if tracker is not None:
+                tracker.close()
         adapter = export_adapter(coord.global_model()[0], coord.global_arrays, out / "adapter", adapter_meta(cfg))
         extra = {"adapter": str(adapter), "seconds_total": round(time.monotonic() - start, 1)}
         if stop is not None:
@@ -183,6 +168,36 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0) -> Pa
         report = recorder.finish(extra)
     log(INFO, "fedtune: %s. Report: %s  Adapter: %s", "stopped" if stop else "done", report, adapter)
     return report
+
+
+def _rounds(coord: Coordinator, cfg: RunConfig, out: Path, recorder: RunRecorder, tracker: Tracker | None,
+            first: int) -> Stop | None:
+    """Rounds ``first``..``rounds``: each checkpointed, then logged; the reason the run stopped early, if it did."""
+    for rnd in range(first, cfg.federation.rounds + 1):
+        t0 = time.monotonic()
+        if rnd == 0:
+            nodes: dict = {}
+            record, stop = {"round": 0, **coord.evaluate(0, nodes), "nodes": nodes}, None
+        else:
+            record, stop = run_round(coord, rnd)
+        if stop is not None:
+            log(ERROR if stop.kind == "failure" else WARNING, "fedtune: run stopped at round %d: %s", rnd, stop.reason)
+            return stop
+        record["seconds"] = round(time.monotonic() - t0, 3)
+        # The checkpoint first: a crash before the metrics line is appended is repaired on resume.
+        save_checkpoint(out, Checkpoint(rnd, coord.global_arrays, coord.strategy.state_arrays(),
+                                        [*recorder.records, record], cfg.to_flat(), recorder.meta))
+        recorder.log_round(record)
+        if tracker is not None:
+            tracker.log(rnd, round_scalars(record))
+        acc = record["eval_accuracy"]
+        log(INFO, "[round %d/%d] global eval accuracy %s, loss %s, %.1fs", rnd, cfg.federation.rounds,
+            "n/a" if acc is None else f"{100 * acc:.1f}%", record["eval_loss"], record["seconds"])
+        stop = _requested_stop(out, rnd, cfg.federation.rounds)
+        if stop is not None:
+            log(WARNING, "fedtune: stopping after round %d as requested: %s", rnd, stop.reason)
+            return stop
+    return None
 
 
 @app.main()

@@ -71,7 +71,9 @@ def write_run_config(flat: dict[str, Any], path: Path) -> None:
     path.write_text(_toml_lines(flat), encoding="utf-8")
 
 
-def flower_env(home: Path) -> dict[str, str]:
+def flower_env(home: Path, ray_address: str = "") -> dict[str, str]:
+    """``ray_address``: run the simulated nodes on that Ray cluster (Flower's Ray backend calls
+    ``ray.init()``, which joins the cluster named by ``RAY_ADDRESS``) instead of a local Ray."""
     env = dict(os.environ)
     env.update({
         "FLWR_HOME": str(home),
@@ -86,6 +88,10 @@ def flower_env(home: Path) -> dict[str, str]:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # flwr spawns its tools by name
         "PYTHONUNBUFFERED": "1",
     })
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    else:
+        env.pop("RAY_ADDRESS", None)  # a stray RAY_ADDRESS in the shell must not send a local run elsewhere
     return env
 
 
@@ -178,7 +184,8 @@ def preset_text(flat: dict[str, Any], info: Preset) -> str:
     """A full configuration as a preset file ``fedtune simulate`` reads (output settings left out)."""
     body = {k: v for k, v in flat.items() if not k.startswith("output.")}
     sim = {"nodes": info.num_nodes, **({"cpus-per-node": info.cpus_per_node} if info.cpus_per_node else {}),
-           **({"gpus-per-node": info.gpus_per_node} if info.gpus_per_node else {})}
+           **({"gpus-per-node": info.gpus_per_node} if info.gpus_per_node else {}),
+           **({"ray-address": info.ray_address} if info.ray_address else {})}
     return _toml_lines(body) + "\n[simulation]\n" + _toml_lines(sim)
 
 
@@ -237,7 +244,7 @@ def run_simulation_config(cfg: RunConfig, info: Preset, out: str | Path | None, 
     home.mkdir(exist_ok=True)
     if cfg.output.resume:
         _fresh_superlink(home)
-    env = flower_env(home)
+    env = flower_env(home, info.ray_address)
     federation = federation_config(info)
     cmd = ["flwr", "run", str(app_dir), "--stream", "--federation-config", federation, "--run-config", str(run_config)]
     log_path = out_dir / "simulation.log"
