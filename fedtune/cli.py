@@ -71,16 +71,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from fedtune.common.model import load_base_model, load_tokenizer
 
     adapter = Path(args.adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    merged = (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file()
+    if not merged and not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter} is neither a PEFT adapter folder (adapter_config.json) nor a model folder "
+                          "(config.json, e.g. the merged/ folder of `fedtune export --merged`)")
     meta_path = adapter / "fedtune.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    name = args.model or meta.get("model.name")
-    if not name:
-        raise ConfigError("cannot tell which base model this adapter belongs to: pass --model NAME")
-    model_cfg = ModelConfig(name=name)
-    tok = load_tokenizer(name)
-    model = PeftModel.from_pretrained(load_base_model(model_cfg), str(adapter))
+    if merged:  # the base model with the adapter merged in: it loads like any model folder
+        model_cfg = ModelConfig(name=str(adapter.resolve()))
+        tok, model = load_tokenizer(model_cfg.name), load_base_model(model_cfg)
+    else:
+        name = args.model or meta.get("model.name")
+        if not name:
+            raise ConfigError("cannot tell which base model this adapter belongs to: pass --model NAME")
+        model_cfg = ModelConfig(name=name)
+        tok = load_tokenizer(name)
+        model = PeftModel.from_pretrained(load_base_model(model_cfg), str(adapter))
     messages = []
     if args.system or meta.get("system"):
         messages.append({"role": "system", "content": args.system or meta["system"]})
@@ -214,6 +220,26 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fedtune.release.export import export_run
+
+    done = export_run(args.run_dir, args.out, merged=args.merged, dtype=args.dtype)
+    for part, size in done.sizes.items():
+        print(f"{part}/: {size / 2**20:.1f} MiB in {done.seconds[part]:.1f} s")
+    print(f"fedtune: exported to {done.folder} (check it later with: fedtune verify {done.folder})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from fedtune.release.manifest import verify
+
+    problems = verify(args.folder)
+    for problem in problems:
+        print(f"FAILED {problem}")
+    print("OK: every file matches MANIFEST.sha256" if not problems else f"{len(problems)} file(s) do not match")
+    return 0 if not problems else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedtune", description="Federated, privacy-preserving LoRA fine-tuning on Flower")
     sub = p.add_subparsers(dest="command", required=True)
@@ -252,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="answer a prompt with the base model + a fine-tuned adapter")
     g.add_argument("prompt")
-    g.add_argument("--adapter", required=True, help="adapter folder (e.g. runs/<ts>/adapter)")
+    g.add_argument("--adapter", required=True, help="adapter folder (e.g. runs/<ts>/adapter), or a merged model "
+                   "folder (the merged/ of `fedtune export --merged`)")
     g.add_argument("--model", help="base model (default: the one the adapter was trained on)")
     g.add_argument("--system", help="system message (default: the one stored with the adapter, if any)")
     g.add_argument("--max-new-tokens", type=int, default=64)
@@ -338,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--out", help="also write the Markdown table to this file")
     rt.set_defaults(func=_cmd_runs)
 
+    ex = sub.add_parser("export", help="a finished run's adapter (and, with --merged, the merged model) with model "
+                        "cards and a SHA-256 manifest")
+    ex.add_argument("run_dir", help="the run's results folder")
+    ex.add_argument("--out", required=True, help="a new folder to write")
+    ex.add_argument("--merged", action="store_true", help="also the base model with the adapter merged in")
+    ex.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="weights of the merged model")
+    ex.set_defaults(func=_cmd_export)
+    ve = sub.add_parser("verify", help="check an exported folder against its MANIFEST.sha256")
+    ve.add_argument("folder")
+    ve.set_defaults(func=_cmd_verify)
+
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", required=True)
     mp = msub.add_parser("prepare", help="convert/cache a model once (default: the packaged SmolLM2)")
@@ -352,7 +390,7 @@ USER_ERRORS = {
     "fedtune.common.files": "FolderBusy", "fedtune.common.model": "ModelError",
     "fedtune.common.secagg.roster": "RosterError", "fedtune.coordinator.certs": "CertError",
     "fedtune.coordinator.checkpoint": "CheckpointError", "fedtune.lab.simulation": "SimulationError",
-    "fedtune.lab.runs_table": "RunsError",
+    "fedtune.lab.runs_table": "RunsError", "fedtune.release.run_files": "ReleaseError",
     "fedtune.node.node_key": "NodeKeyError", "fedtune.node.privacy.ledger": "LedgerError",
 }
 
