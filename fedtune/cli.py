@@ -223,7 +223,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from fedtune.release.export import export_run
 
-    done = export_run(args.run_dir, args.out, merged=args.merged, dtype=args.dtype)
+    done = export_run(args.run_dir, args.out, merged=args.merged, dtype=args.dtype, sign_with=args.sign)
     for part, size in done.sizes.items():
         print(f"{part}/: {size / 2**20:.1f} MiB in {done.seconds[part]:.1f} s")
     print(f"fedtune: exported to {done.folder} (check it later with: fedtune verify {done.folder})")
@@ -231,12 +231,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from fedtune.release.manifest import verify
+    from fedtune.release.manifest import check_signature, verify
 
     problems = verify(args.folder)
+    if args.key:
+        problems += [p for p in [check_signature(args.folder, args.key)] if p]
     for problem in problems:
         print(f"FAILED {problem}")
-    print("OK: every file matches MANIFEST.sha256" if not problems else f"{len(problems)} file(s) do not match")
+    signed = f", signed by {Path(args.key).name}" if args.key else " (signature not checked: pass --key PUB.pem)"
+    print(f"OK: every file matches MANIFEST.sha256{signed}" if not problems else f"{len(problems)} problem(s)")
     return 0 if not problems else 1
 
 
@@ -371,9 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="a new folder to write")
     ex.add_argument("--merged", action="store_true", help="also the base model with the adapter merged in")
     ex.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="weights of the merged model")
+    ex.add_argument("--sign", metavar="KEY.pem", help="sign the manifest with this Ed25519 private key (the releaser's)")
     ex.set_defaults(func=_cmd_export)
     ve = sub.add_parser("verify", help="check an exported folder against its MANIFEST.sha256")
     ve.add_argument("folder")
+    ve.add_argument("--key", metavar="PUB.pem", help="also check the manifest's signature against this Ed25519 public key")
     ve.set_defaults(func=_cmd_verify)
 
     m = sub.add_parser("model", help="model utilities")

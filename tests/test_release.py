@@ -124,3 +124,45 @@ def test_generate_answers_from_a_merged_folder_as_from_base_plus_adapter(finishe
                          "--max-new-tokens", "6"]) == 0
         answers.append(capsys.readouterr().out)
     assert answers[0] == answers[1]
+
+
+def _key_pair(folder: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private, public = folder / f"{folder.name}.key", folder / f"{folder.name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def test_a_signed_export_detects_a_file_swapped_with_its_manifest_rewritten(finished_run, tmp_path, capsys):
+    """Someone between the coordinator and a node replaces the merged weights and rewrites the manifest
+    to match: the hashes then agree, so only the coordinator's signature can tell."""
+    from fedtune.release.manifest import MANIFEST, check_signature, manifest_text
+
+    (tmp_path / "coordinator").mkdir()
+    (tmp_path / "attacker").mkdir()
+    key, pub = _key_pair(tmp_path / "coordinator")
+    _, other_pub = _key_pair(tmp_path / "attacker")
+    out = tmp_path / "signed"
+    assert cli_main(["export", str(finished_run / "run"), "--out", str(out), "--sign", str(key)]) == 0
+    assert cli_main(["verify", str(out), "--key", str(pub)]) == 0
+    assert check_signature(out, other_pub) == f"{MANIFEST}: not signed by attacker.pub (signature invalid)"
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(
+        (finished_run / "export" / "merged" / "model.safetensors").read_bytes()[:4096])
+    (out / MANIFEST).write_text(manifest_text(out))  # the hashes match the swapped file again
+    assert verify(out) == []
+    capsys.readouterr()
+    assert cli_main(["verify", str(out), "--key", str(pub)]) == 1
+    assert "not signed by coordinator.pub" in capsys.readouterr().out
+
+
+def test_a_bad_signing_key_is_refused_before_anything_is_written(finished_run, tmp_path):
+    (tmp_path / "not-a-key.pem").write_text("hello")
+    with pytest.raises(ReleaseError, match="cannot read the Ed25519 private key"):
+        export_run(finished_run / "run", tmp_path / "out", sign_with=tmp_path / "not-a-key.pem")
+    assert not (tmp_path / "out").exists()

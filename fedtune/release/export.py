@@ -5,6 +5,7 @@ DIR/merged/    with --merged: the base model with the adapter merged in (PEFT's 
                safetensors + tokenizer + generation config; plain transformers loads it
 DIR/run/       the run's run.json, metrics.jsonl and report.md, as they were
 DIR/MANIFEST.sha256   every file above
+DIR/MANIFEST.sha256.sig  with --sign KEY: the releaser's Ed25519 signature over the manifest
 
 Written into a temp folder beside DIR and renamed at the end: a failure leaves no half export.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedtune.common.files import atomic_directory, atomic_write_text
-from fedtune.release.manifest import MANIFEST, manifest_text
+from fedtune.release.manifest import MANIFEST, load_key, manifest_text, sign
 from fedtune.release.model_card import render_card
 from fedtune.release.run_files import ReleaseError, RunFiles
 
@@ -36,10 +37,14 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, dtype: str = "bf16") -> Exported:
+def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, dtype: str = "bf16",
+               sign_with: str | Path | None = None) -> Exported:
+    """``sign_with``: an Ed25519 private key (PEM) whose signature over the manifest says who released it."""
     if dtype not in DTYPES:
         raise ReleaseError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     run = RunFiles.open(run_dir)  # refused here, before anything is written
+    if sign_with is not None:
+        load_key(Path(sign_with), private=True)  # a bad key is refused before the export, not after
     if merged and run.config.get("model.quantization") == "4bit":
         raise ReleaseError("this run trained on a 4-bit base: merge the adapter into the full-precision base "
                            "(export without --merged, then merge against the original weights)")
@@ -61,6 +66,8 @@ def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, dtype
             if (run.folder / name).is_file():
                 shutil.copy2(run.folder / name, tmp / "run" / name)
         atomic_write_text(tmp / MANIFEST, manifest_text(tmp))
+        if sign_with is not None:
+            sign(tmp, sign_with)
     sizes = {part: folder_bytes(target / part) for part in ("adapter", "merged") if (target / part).is_dir()}
     return Exported(target, sizes, seconds)
 

@@ -52,3 +52,47 @@ def verify(folder: str | Path) -> list[str]:
     problems += [f"{rel}: changed (SHA-256 differs from the manifest)" for rel in sorted(present & set(expected))
                  if sha256_file(root / rel) != expected[rel]]
     return problems
+
+
+# -- signature: who released it (Ed25519 over the manifest's bytes) ----------------------------
+SIGNATURE = MANIFEST + ".sig"
+
+
+def load_key(path: Path, private: bool):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    kind = "private" if private else "public"
+    try:
+        data = Path(path).expanduser().read_bytes()
+        key = (serialization.load_pem_private_key(data, password=None) if private
+               else serialization.load_pem_public_key(data))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ReleaseError(f"cannot read the Ed25519 {kind} key {path} ({exc}); make a pair with: openssl genpkey "
+                           "-algorithm ed25519 -out release.key && openssl pkey -in release.key -pubout -out "
+                           "release.pub") from exc
+    if not isinstance(key, Ed25519PrivateKey if private else Ed25519PublicKey):
+        raise ReleaseError(f"{path} is not an Ed25519 {kind} key (PEM)")
+    return key
+
+
+def sign(folder: Path, key_path: str | Path) -> None:
+    """Write ``MANIFEST.sha256.sig``: the releaser's Ed25519 signature over the manifest."""
+    from fedtune.common.files import atomic_write_bytes
+
+    key = load_key(Path(key_path), private=True)
+    atomic_write_bytes(folder / SIGNATURE, key.sign((folder / MANIFEST).read_bytes()))
+
+
+def check_signature(folder: str | Path, public_key: str | Path) -> str | None:
+    """None if the manifest carries a valid signature by ``public_key``; else what is wrong."""
+    from cryptography.exceptions import InvalidSignature
+
+    root, key = Path(folder).expanduser(), load_key(Path(public_key), private=False)
+    if not (root / SIGNATURE).is_file():
+        return f"{SIGNATURE}: missing (the export was not signed)"
+    try:
+        key.verify((root / SIGNATURE).read_bytes(), (root / MANIFEST).read_bytes())
+    except InvalidSignature:
+        return f"{MANIFEST}: not signed by {Path(public_key).name} (signature invalid)"
+    return None
