@@ -178,7 +178,7 @@ def test_nothing_computed_from_private_batches_leaves_in_the_clear(deployed):
     for reply in trains:  # every record of the reply: metrics, info, the SecAgg+ advertisement
         assert set(reply.content.keys()) == {"metrics", "info", "secagg"}
         assert set(dict(reply.content["metrics"].items())) <= allowed  # no training loss of a private batch
-        assert set(dict(reply.content["info"].items())) == {"name", "status"}
+        assert set(dict(reply.content["info"].items())) == {"name", "status", "privacy_unit", "accountant"}
 
 
 def test_the_held_out_set_is_the_nodes_own_whatever_the_run_asks(deployed):

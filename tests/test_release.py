@@ -73,7 +73,7 @@ def test_the_cards_epsilon_per_node_is_what_each_nodes_ledger_holds(finished_run
     assert len(ledgers) == len(rows) == 3
     for path in ledgers:
         ledger = PrivacyLedger.load(path)
-        assert f"| {ledger.epsilon():.3f} |" in rows[path.parent.name]
+        assert f"| {ledger.epsilon():.3f} | {ledger.delta:.2e} | record | PRV |" in rows[path.parent.name]
     assert "What ε does not cover" in card and "Who had to be honest" in card
     merged_card = (finished_run / "export" / "merged" / "README.md").read_text()
     assert "library_name: transformers" in merged_card

@@ -113,7 +113,7 @@ def test_secure_round_gives_the_weighted_average_and_the_strategy_sees_only_the_
 TRAIN_METRICS = {"examples", "num_records", "delta", "max_epsilon", "sample_rate", "noise_multiplier", "epsilon",
                  "steps", "samples", "train_seconds", "prepare_seconds", "delta_clipped"}
 REPLY_RECORDS = {
-    "train": {"metrics": TRAIN_METRICS, "info": {"name", "status"},
+    "train": {"metrics": TRAIN_METRICS, "info": {"name", "status", "privacy_unit", "accountant"},
               "secagg": {"name", "params", "c_public", "s_public", "weight", "b_commit", "signature"}},
     "train.secagg_share": {"secagg": {"to", "ciphertexts"}},
     "train.secagg_mask": {"masked": {"masked"}},

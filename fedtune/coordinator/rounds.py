@@ -57,6 +57,7 @@ def central_eval_data(cfg: RunConfig, encoder) -> tuple[list, tuple[str, ...]]:
     return encoder.encode_all(data.examples), tuple(labels)
 
 
+ACCOUNTING = ("privacy_unit", "accountant")  # text a node reports beside its ε
 EVAL_STREAM = 1 << 20  # the evaluation sample's seed stream (training's uses the attempt number, never this large)
 
 
@@ -110,6 +111,7 @@ class Coordinator:
                 return
             info = reply.content["info"]
             entry["name"] = self.names[nid] = str(info["name"])
+            entry.update({k: str(info[k]) for k in ACCOUNTING if k in info})  # how the node's ε was computed
             entry.update({k: v for k, v in reply.content["metrics"].items()})
             status = str(info["status"])
             if status != OK:  # its privacy budget is spent, or its policy refuses the run: the round goes on

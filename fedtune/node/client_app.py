@@ -43,7 +43,7 @@ def train(msg: Message, context: Context) -> Message:
         if local.moments is not None:  # kept here for this node's next round; never part of a reply
             optimizer_state.save(context.state, local.moments)
         if local.update is None:
-            return replies.result(msg, local.data.name, local.status, local.metrics)
+            return replies.result(msg, local.data.name, local.status, local.metrics, accounting=local.accounting)
         if cfg.secagg.enabled:  # keep the delta here; only public keys leave now, a masked vector later
             size = sum(a.size for a in local.update.values())
             outgoing, clipped = secagg_client.start(
@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     except Exception as exc:  # noqa: BLE001 - report to the server, never take the federation down
         secagg_client.forget(context.state)
         return replies.error(msg, exc)
-    return replies.result(msg, local.data.name, OK, local.metrics,
+    return replies.result(msg, local.data.name, OK, local.metrics, accounting=local.accounting,
                           **{"secagg" if cfg.secagg.enabled else "delta": outgoing})
 
 

@@ -37,6 +37,7 @@ class LocalRound:
     metrics: dict
     update: "OrderedDict[str, np.ndarray] | None" = None
     moments: dict | None = None  # AdamW moments to carry to this node's next round (train.carry-optimizer-state)
+    accounting: dict = dataclasses.field(default_factory=dict)  # the ledger's unit and accountant, reported with ε
 
 
 def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, global_arrays: Mapping[str, np.ndarray],
@@ -70,7 +71,7 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
             metrics["epsilon"] = privacy.epsilon_before
             if math.isfinite(privacy.epsilon_after):
                 metrics["epsilon_if_trained"] = privacy.epsilon_after
-            return LocalRound(data, BUDGET_EXHAUSTED, metrics)
+            return LocalRound(data, BUDGET_EXHAUSTED, metrics, accounting=_accounting(ledger))
         metrics["noise_multiplier"] = privacy.plan.noise_multiplier
         with DPStepper(model, data.units, cfg.train, privacy.plan, cfg.privacy.clipping, data.groups,
                        privacy.units_per_batch, moments=moments) as stepper:
@@ -80,7 +81,12 @@ def train_round(cfg: RunConfig, node_config: Mapping, run_id: int, rnd: int, glo
         ledger.record(privacy.plan.segment, round=rnd, run_id=run_id)  # persisted before anything leaves
     # No training loss: it is computed from the private Poisson batch and DP-SGD does not cover it.
     metrics.update(epsilon=ledger.epsilon(delta=privacy.delta), **_work(result), **prepared)
-    return LocalRound(data, OK, metrics, update, _carried(cfg, result))
+    return LocalRound(data, OK, metrics, update, _carried(cfg, result), _accounting(ledger))
+
+
+def _accounting(ledger: PrivacyLedger) -> dict:
+    """How the reported ε was computed: what it protects and with which accountant (the node's own)."""
+    return {"privacy_unit": ledger.unit, "accountant": ledger.accountant}
 
 
 def _carried(cfg: RunConfig, result) -> dict | None:

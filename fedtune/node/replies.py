@@ -39,7 +39,9 @@ def error(msg: Message, exc: BaseException) -> Message:
     return error_reply(msg, public_reason(exc))
 
 
-def result(msg: Message, name: str, status: str, metrics: dict, reason: str = "", **records) -> Message:
-    info = {"name": name, "status": status, **({"reason": reason} if reason else {})}
+def result(msg: Message, name: str, status: str, metrics: dict, reason: str = "", accounting: dict | None = None,
+           **records) -> Message:
+    """``accounting``: the unit and accountant of the ε in ``metrics`` (text, so not a metric)."""
+    info = {"name": name, "status": status, **({"reason": reason} if reason else {}), **(accounting or {})}
     content = RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord(info), **records})
     return Message(content, reply_to=msg)

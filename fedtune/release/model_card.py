@@ -40,11 +40,13 @@ def _yaml(base: str, licence: str | None, library: str) -> list[str]:
 
 
 def _privacy_rows(nodes: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    rows = ["| node | training records | rounds trained | ε (as its ledger reported) | δ |", "|---|---:|---:|---:|---:|"]
+    rows = ["| node | training records | rounds trained | ε (as its ledger reported) | δ | unit of privacy | accountant |",
+            "|---|---:|---:|---:|---:|---|---|"]
     for name, n in nodes.items():
         eps = f"{n['epsilon']:.3f}" if "epsilon" in n else "– (trained without DP)"
         delta = f"{n['delta']:.2e}" if n.get("delta") else "–"
-        rows.append(f"| {name} | {n.get('records', '–')} | {n['rounds_trained']} | {eps} | {delta} |")
+        rows.append(f"| {name} | {n.get('records', '–')} | {n['rounds_trained']} | {eps} | {delta} | "
+                    f"{n.get('unit') or '–'} | {str(n.get('accountant') or '–').upper()} |")
     return rows
 
 

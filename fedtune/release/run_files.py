@@ -97,7 +97,8 @@ def node_privacy(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             entry = nodes.setdefault(name, {"rounds_trained": 0})
             entry["records"] = n["num_records"]
             if "epsilon" in n:
-                entry.update(epsilon=n["epsilon"], delta=n.get("delta"))
+                entry.update(epsilon=n["epsilon"], delta=n.get("delta"),
+                             unit=n.get("privacy_unit"), accountant=n.get("accountant"))
             if n.get("status") == "ok" and "train_seconds" in n:
                 entry["rounds_trained"] += 1
     return dict(sorted(nodes.items()))
