@@ -64,14 +64,19 @@ def tiny_peft(tiny_cfg):
     return model, tok, PromptEncoder(tok, tiny_cfg.model.max_length)
 
 
-@pytest.fixture
-def run_config(tiny_model_dir, tmp_path):
+def tiny_run_config(model_dir: Path, ledgers: Path, **overrides) -> dict:
     """Flat run config for in-process federations (tests/loopback.py): tiny model, DP with a fixed σ."""
     from fedtune.common.config import RunConfig
 
     return RunConfig.from_flat({
-        "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,
+        "model.name": str(model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,
         "train.batch-size": 4, "train.local-steps": 2, "train.lr": 0.01, "data.records": 320,
-        "privacy.state-dir": str(tmp_path / "ledgers"), "federation.min-nodes": 2, "secagg.stage-timeout": 1.0,
+        "privacy.state-dir": str(ledgers), "federation.min-nodes": 2, "secagg.stage-timeout": 1.0,
         "privacy.noise-multiplier": 1.0,  # fixed σ: skips the target-ε search
+        **overrides,
     }).to_flat()
+
+
+@pytest.fixture
+def run_config(tiny_model_dir, tmp_path):
+    return tiny_run_config(tiny_model_dir, tmp_path / "ledgers")

@@ -19,6 +19,7 @@ from fedtune.release.export import export_run
 from fedtune.release.manifest import verify
 from fedtune.release.run_files import ReleaseError
 
+from conftest import tiny_run_config
 from loopback import LoopbackGrid
 from snapshots import folder_state
 
@@ -27,11 +28,8 @@ from snapshots import folder_state
 def finished_run(tmp_path_factory, tiny_model_dir):
     """A 2-round federation of 3 tiny-model nodes with DP and SecAgg+, and its export (merged, fp32)."""
     root = tmp_path_factory.mktemp("release")
-    cfg = RunConfig.from_flat({
-        "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,
-        "train.batch-size": 4, "train.local-steps": 2, "train.lr": 0.05, "data.records": 240,
-        "privacy.state-dir": str(root / "ledgers"), "federation.min-nodes": 2, "federation.rounds": 2,
-        "secagg.stage-timeout": 1.0, "privacy.noise-multiplier": 1.0, "output.dir": str(root / "run")})
+    cfg = RunConfig.from_flat(tiny_run_config(tiny_model_dir, root / "ledgers", **{
+        "train.lr": 0.05, "data.records": 240, "federation.rounds": 2, "output.dir": str(root / "run")}))
     run_federation(LoopbackGrid(3, cfg.to_flat()), cfg, root / "run", run_id=7)
     assert cli_main(["export", str(root / "run"), "--out", str(root / "export"), "--merged", "--dtype", "fp32"]) == 0
     return root

@@ -13,6 +13,7 @@ from fedtune.coordinator.report import read_metrics
 from fedtune.coordinator.server_app import check_start, run_federation
 from fedtune.lab.runs_table import RunsError, runs_table, summarise
 
+from conftest import tiny_run_config
 from loopback import LoopbackGrid
 
 
@@ -26,11 +27,7 @@ def _run(run_config, out, **overrides):
 def two_runs(tmp_path_factory, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("tracked")
-    flat = RunConfig.from_flat({
-        "model.name": str(tiny_model_dir), "model.precision": "fp32", "lora.r": 4, "lora.alpha": 8.0,
-        "train.batch-size": 4, "train.local-steps": 2, "train.lr": 0.01, "data.records": 240,
-        "privacy.state-dir": str(root / "ledgers"), "federation.min-nodes": 2, "secagg.stage-timeout": 1.0,
-        "privacy.noise-multiplier": 1.0}).to_flat()
+    flat = tiny_run_config(tiny_model_dir, root / "ledgers", **{"data.records": 240})
     a = _run(flat, root / "a", **{"output.tracking": "tensorboard"})
     b = _run(flat, root / "b", **{"train.lr": 0.05, "privacy.state-dir": str(root / "ledgers-b")})
     return root, a, b
