@@ -382,6 +382,7 @@ def test_sigma_is_planned_over_the_rounds_a_sampled_node_expects_to_train_in(tmp
     assert expected_rounds(9, 0.25) == 3 and expected_rounds(1, 0.25) == 1 and expected_rounds(9, 0.3) == 4
 
 
+@pytest.mark.adversarial
 def test_a_coordinator_sampling_a_node_more_often_than_its_fraction_says_cannot_take_it_past_its_budget(tmp_path):
     """The run config says 10 % participation; the coordinator asks the node every round. The node
     planned less noise, so each later round must pay with more: its ledger never exceeds its budget."""

@@ -137,6 +137,7 @@ def _key_pair(folder: Path) -> tuple[Path, Path]:
     return private, public
 
 
+@pytest.mark.adversarial
 def test_a_signed_export_detects_a_file_swapped_with_its_manifest_rewritten(finished_run, tmp_path, capsys):
     """Someone between the coordinator and a node replaces the merged weights and rewrites the manifest
     to match: the hashes then agree, so only the coordinator's signature can tell."""
