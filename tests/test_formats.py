@@ -158,6 +158,20 @@ def test_data_check_reports_five_defects_with_line_numbers_and_fails(tmp_path, c
     assert "NOT OK" in out
 
 
+def test_data_check_refuses_chat_records_with_an_empty_user_or_system_turn_by_line(tmp_path, capsys, tiny_model_dir):
+    """A record whose prompt turn is blank teaches the model an answer to nothing: `data check` must list it with
+    its line and not say OK (it did before: only an empty assistant answer was refused)."""
+    def turns(*pairs):
+        return {"messages": [{"role": r, "content": c} for r, c in pairs]}
+    path = _jsonl(tmp_path / "chat.jsonl", [CHAT, turns(("user", "   "), ("assistant", "Paris")), CHAT,
+                                            turns(("system", ""), ("user", "Capital of Peru?"), ("assistant", "Lima"))])
+    rc = main(["data", "check", str(path), "--config", str(_preset(tmp_path, tiny_model_dir))])
+    out = capsys.readouterr().out
+    assert rc == 1 and "NOT OK" in out and "records:  4 read, 2 usable, 2 with errors" in out
+    assert "  line 2: empty text in the user turn (messages[0])" in out
+    assert "  line 4: empty text in the system turn (messages[0])" in out
+
+
 def _preset(tmp_path, model_dir):
     p = tmp_path / "preset.toml"
     p.write_text(f'[model]\nname = "{model_dir}"\nmax-length = 128\n')
@@ -223,6 +237,16 @@ def test_group_partition_keeps_groups_whole_and_balances_records(tmp_path):
      "the last turn of 'messages' must be the assistant's answer (the training target)"),
     ("chat", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]},
      "empty text in the assistant's answer (messages[1])"),
+    ("chat", {"messages": [{"role": "user", "content": "\n "}, {"role": "assistant", "content": "y"}]},
+     "empty text in the user turn (messages[0]): every turn before the answer must carry text; remove the turn or "
+     "fill it in"),
+    ("chat", {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "x"},
+                           {"role": "assistant", "content": "y"}]},
+     "empty text in the system turn (messages[0]): every turn before the answer must carry text; remove the turn or "
+     "fill it in"),
+    ("instruction", {"instruction": " ", "input": "context", "output": "x"}, "empty text in field 'instruction'"),
+    ("prompt-completion", {"prompt": "\t", "completion": "x"}, "empty text in field 'prompt'"),
+    ("classification", {"text": "", "label": "b"}, "empty text in field 'text'"),
     ("chat", {"messages": "hello"}, "'messages' must be a list of at least 2 turns ending with the assistant's answer"),
     ("chat", {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
      "messages[0] must be {'role': system|user|assistant, 'content': text}"),

@@ -182,6 +182,10 @@ def _chat(obj: Mapping[str, Any], spec: RecordSpec) -> tuple[tuple[dict, ...], s
         raise _Bad(f"the last turn of '{spec.messages}' must be the assistant's answer (the training target)")
     if not msgs[-1]["content"].strip():
         raise _Bad(f"empty text in the assistant's answer ({spec.messages}[{len(msgs) - 1}])")
+    for i, m in enumerate(msgs[:-1]):  # a blank prompt turn would teach the answer with nothing to answer
+        if not m["content"].strip():
+            raise _Bad(f"empty text in the {m['role']} turn ({spec.messages}[{i}]): every turn before the answer "
+                       "must carry text; remove the turn or fill it in")
     return tuple({"role": m["role"], "content": m["content"]} for m in msgs[:-1]), msgs[-1]["content"]
 
 
