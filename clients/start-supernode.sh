@@ -11,11 +11,11 @@ FEDTUNE_NODE_DIR="${FEDTUNE_NODE_DIR:-$HOME/fedtune-node}"
 FEDTUNE_NODE_PORT="${FEDTUNE_NODE_PORT:-9094}"   # local only: the node's runtime API for its ClientApp
 GUARD="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/fedtune/node/app_guard.py"
 for f in ca.crt node-key node-config.toml; do
-  [ -f "$FEDTUNE_NODE_DIR/$f" ] || { echo "missing $FEDTUNE_NODE_DIR/$f (see clients/README.md)" >&2; exit 2; }
+  [ -f "$FEDTUNE_NODE_DIR/$f" ] || { echo "missing $FEDTUNE_NODE_DIR/$f (see docs/guides/node-operator.md)" >&2; exit 2; }
 done
 grep -q '^approved-apps *=' "$FEDTUNE_NODE_DIR/node-config.toml" || {
   echo "node-config.toml has no approved-apps: this node runs no app until you approve one" \
-       "(fedtune app hash <the app you reviewed>; see clients/README.md)" >&2; exit 2; }
+       "(fedtune app hash <the app you reviewed>; see docs/guides/node-operator.md)" >&2; exit 2; }
 export FLWR_HOME="$FEDTUNE_NODE_DIR/flwr-home" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 SECRET="$FEDTUNE_NODE_DIR/superexec.secret"   # only the app guard may claim the node's ClientApp tasks

@@ -1,5 +1,5 @@
-"""``fedtune`` command line: simulate, tune, stop, generate, privacy show/audit, data synthetic, certs,
-node-key, roster build, app hash, model prepare."""
+"""``fedtune`` command line: simulate, tune, stop, runs, export, verify, generate, privacy show/audit,
+data synthetic/check, certs, node-key, roster build, app hash, config reference, model prepare."""
 
 from __future__ import annotations
 
@@ -243,6 +243,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from fedtune.common.files import atomic_write_text
+    from fedtune.lab.config_reference import reference_markdown
+
+    page = reference_markdown()
+    if args.out:
+        atomic_write_text(args.out, page)
+        print(f"fedtune: wrote {args.out}")
+    else:
+        print(page, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedtune", description="Federated, privacy-preserving LoRA fine-tuning on Flower")
     sub = p.add_subparsers(dest="command", required=True)
@@ -380,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("folder")
     ve.add_argument("--key", metavar="PUB.pem", help="also check the manifest's signature against this Ed25519 public key")
     ve.set_defaults(func=_cmd_verify)
+
+    cf = sub.add_parser("config", help="the configuration keys")
+    cfsub = cf.add_subparsers(dest="config_command", required=True)
+    cr = cfsub.add_parser("reference", help="the Markdown reference of every run-config and node-config key, generated "
+                          "from their declarations (docs/reference/configuration.md)")
+    cr.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
+    cr.set_defaults(func=_cmd_config_reference)
 
     m = sub.add_parser("model", help="model utilities")
     msub = m.add_subparsers(dest="model_command", required=True)

@@ -2,7 +2,7 @@
 
 This machine has no GPU: these tests check what holds everywhere (settings checked at the edge, a
 clear refusal where the hardware is missing, inputs following the model's device).  What needs a
-GPU is measured on one, not here (README *Measured*)."""
+GPU is measured on one, not here (docs/reference/measured.md)."""
 
 from __future__ import annotations
 

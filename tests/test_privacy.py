@@ -13,7 +13,7 @@ from fedtune.common.objective import per_sample_forward
 from fedtune.node.privacy import DPPlan, DPStepper, LedgerError, PrivacyLedger, epsilon, plan_round, poisson_sample_rate
 from fedtune.node.privacy.accounting import SIGMA_CEILING, accountant_for, paced_noise
 from fedtune.node.privacy.guard import expected_rounds
-from fedtune.node.policy import NodePolicy, PolicyRefusal
+from fedtune.node.policy import NodePolicy, PolicyError, PolicyRefusal
 from fedtune.node.training import train_local
 
 
@@ -398,6 +398,17 @@ def test_a_coordinator_sampling_a_node_more_often_than_its_fraction_says_cannot_
         sigmas.append(rp.plan.noise_multiplier)
         assert rp.ledger.epsilon() <= 3.0 + 1e-9
     assert sigmas == sorted(sigmas) and sigmas[-1] > 1.3 * sigmas[0]
+
+
+def test_a_misspelt_node_config_key_is_refused_instead_of_leaving_its_setting_at_the_weaker_default(tmp_path):
+    """`privacy_unit = "group"` (underscore) would otherwise be ignored: ε per record instead of per patient."""
+    base = {"data-path": "x.jsonl", "state-dir": str(tmp_path), "group-column": "patient"}
+    assert NodePolicy.of({**base, "privacy-unit": "group"}, _cfg()).unit == "group"
+    with pytest.raises(PolicyError, match="unknown key 'privacy_unit' \\(did you mean 'privacy-unit'\\?\\)"):
+        NodePolicy.of({**base, "privacy_unit": "group"}, _cfg())
+    with pytest.raises(PolicyError, match="unknown key 'max-epsilom'.*'max-epsilon'"):
+        NodePolicy.of({**base, "max-epsilom": 1.0}, _cfg())
+    assert NodePolicy.of({"partition-id": 0, "num-partitions": 2, "state-dir": "s"}, _cfg()).simulated
 
 
 def test_budget_refusal_and_server_config_cannot_raise_a_node_budget(tmp_path):

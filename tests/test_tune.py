@@ -142,14 +142,14 @@ def test_a_storage_password_never_reaches_logs_or_the_report():
 
 
 @pytest.mark.simulation
-def test_a_three_trial_study_runs_end_to_end_on_flowers_simulation_runtime(tiny_model_dir, tmp_path, capsys):
+def test_a_two_trial_study_runs_end_to_end_on_flowers_simulation_runtime(tiny_model_dir, tmp_path, capsys):
     preset = write_preset(tmp_path, tiny_model_dir, rounds=1)
     light = ["--set", "simulation.nodes=2", "--set", "federation.min-nodes=2", "--set", "secagg.enabled=false"]
-    assert cli_main(["tune", str(preset), "--trials", "3", "--out", str(tmp_path / "study"), *light]) == 0
+    assert cli_main(["tune", str(preset), "--trials", "2", "--out", str(tmp_path / "study"), *light]) == 0
     out = capsys.readouterr().out
     study = load_study(tmp_path / "study")
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(trials) == 3 and len(study.trials) == 3
+    assert len(trials) == 2 and len(study.trials) == 2
     assert trials[0].params == {"train.lr": 0.01, "lora.r": 4}  # trial 0: the preset's own values
     for t in trials:  # one line per trial; each trial its own complete federated run
         assert f"trial {t.number} complete" in out

@@ -22,35 +22,33 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message says which and how to fix it."""
 
 
-def _opt(default: Scalar, help: str, check: Callable[[Any], str | None] | None = None):
+@dataclass(frozen=True)
+class Rule:
+    """A key's constraint: ``text`` says what is allowed (the error message and the configuration
+    reference both print it); calling it returns the problem, or None when ``value`` is fine."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+    def __call__(self, value: Any) -> str | None:
+        return None if self.test(value) else f"must be {self.text}"
+
+
+def _opt(default: Scalar, help: str, check: Rule | None = None):
     return field(default=default, metadata={"help": help, "check": check})
 
 
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
+_positive = Rule("> 0", lambda v: v > 0)
+_non_negative = Rule(">= 0", lambda v: v >= 0)
+_fraction = Rule("in (0, 1]", lambda v: 0 < v <= 1)
+_open_fraction = Rule("in (0, 1)", lambda v: 0 < v < 1)
+_below_one = Rule("in [0, 1)", lambda v: 0 <= v < 1)
+_below_half = Rule("in [0, 0.5)", lambda v: 0 <= v < 0.5)
+_non_empty = Rule("non-empty", lambda v: bool(str(v).strip()))
 
 
-def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def _fraction(v: Any) -> str | None:
-    return None if 0 < v <= 1 else "must be in (0, 1]"
-
-
-def _open_fraction(v: Any) -> str | None:
-    return None if 0 < v < 1 else "must be in (0, 1)"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        return None if v in choices else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
-def _non_empty(v: Any) -> str | None:
-    return None if str(v).strip() else "must not be empty"
+def _one_of(*choices: str) -> Rule:
+    return Rule(f"one of {', '.join(repr(c) if c == '' else c for c in choices)}", lambda v: v in choices)
 
 
 DEVICES = ("auto", "cpu", "cuda")  # model.device, and a node config's own `device`
@@ -80,7 +78,7 @@ class ModelConfig:
 class LoraConfigSection:
     r: int = _opt(4, "LoRA rank", _positive)
     alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r)", _positive)
-    dropout: float = _opt(0.0, "LoRA dropout", lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    dropout: float = _opt(0.0, "LoRA dropout", _below_one)
     target_modules: str = _opt(
         "q_proj,v_proj",
         "comma-separated module names that get LoRA (Llama-style names; all projections: "
@@ -210,9 +208,9 @@ class FederationConfig:
         "value by about η per round, so use e.g. 0.01 with them)", _positive)
     server_momentum: float = _opt(
         0.0, "fedavg/fedavgm: server momentum on the averaged delta (0 = FedAvg, e.g. 0.9 = FedAvgM)",
-        lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+        _below_one)
     server_beta1: float = _opt(0.9, "fedadam/fedyogi/fedadagrad: β1 of the first-moment average",
-                               lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+                               _below_one)
     server_beta2: float = _opt(0.99, "fedadam/fedyogi: β2 of the second-moment average", _open_fraction)
     server_tau: float = _opt(1e-3, "fedadam/fedyogi/fedadagrad: τ, the adaptivity floor added to sqrt(v)",
                              _positive)
@@ -256,7 +254,7 @@ class SecAggConfig:
         "sqrt(adapter parameters), above any AdamW delta of one round", _non_negative)
     dropout: float = _opt(
         0.35, "fraction of each node's neighbours that may drop out during the protocol (sets the threshold)",
-        lambda v: None if 0 <= v < 0.5 else "must be in [0, 0.5)")
+        _below_half)
     stage_timeout: float = _opt(300.0, "seconds to wait for node replies in each key-exchange stage", _positive)
     max_weight: float = _opt(
         10000.0, "cap on a node's aggregation weight (its training records), announced before masking; sets the "
@@ -448,6 +446,15 @@ def _absolute_paths(flat: dict[str, Any], base: Path) -> None:
             flat[key] = str(candidate.resolve())
 
 
+SIMULATION_KEYS: dict[str, tuple[Any, str]] = {  # a preset's [simulation] table: key -> (default, what it does)
+    "nodes": (4, "how many nodes to simulate (positive integer)"),
+    "cpus-per-node": (None, "CPU cores per simulated node (Ray's num-cpus); unset = every core, one node at a time"),
+    "gpus-per-node": (0.0, "share of one GPU per simulated node in [0, 1] (Ray's num-gpus: 0.25 = 4 nodes per GPU)"),
+    "ray-address": ("", "an existing Ray cluster's head as host:port (what `ray start --head` printed) or 'auto'; "
+                        "empty = a local Ray per run; needs cpus-per-node"),
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     """A simulation preset: run-config values plus how many nodes to simulate."""
@@ -484,13 +491,9 @@ def load_preset(path: str | Path | None, overrides: list[str] | None = None) -> 
         else:
             flat[key] = value
     _absolute_paths(flat, Path.cwd())  # --set paths: relative to where the command runs
-    nodes = sim.pop("nodes", 4)
-    cpus = sim.pop("cpus-per-node", None)
-    gpus = sim.pop("gpus-per-node", 0.0)
-    ray_address = sim.pop("ray-address", "")
+    nodes, cpus, gpus, ray_address = (sim.pop(k, SIMULATION_KEYS[k][0]) for k in SIMULATION_KEYS)
     if sim:
-        raise ConfigError(f"unknown [simulation] keys {sorted(sim)}; supported: nodes, cpus-per-node, gpus-per-node, "
-                          "ray-address")
+        raise ConfigError(f"unknown [simulation] keys {sorted(sim)}; supported: {', '.join(SIMULATION_KEYS)}")
     if not isinstance(ray_address, str) or (ray_address and ray_address != "auto" and ":" not in ray_address):
         raise ConfigError(f"simulation.ray-address must be a running Ray cluster's head as host:port (what `ray start "
                           f"--head` printed, e.g. 10.0.0.5:6379) or 'auto', got {ray_address!r}")

@@ -199,7 +199,7 @@ def check_decoded_sum(decoded: np.ndarray, announced_weight: float, survivors: i
     """What one malicious node could break, checked before anything reaches the strategy: the decoded
     total weight must be the survivors' announced weights, and the sum's norm at most Σw·C (each
     node encodes w·x with |x| <= C).  A garbage masked vector or a bad share fails the first w.h.p.;
-    a bounded but poisoned update passes both (see docs/threat-model.md)."""
+    a bounded but poisoned update passes both (see docs/explanations/threat-model.md)."""
     unit, clip = setup.encoding.unit, setup.params.clip
     slack = survivors * unit / 2  # each node's fixed-point rounding, at most half a unit per word
     weight = decoded[-1] / clip

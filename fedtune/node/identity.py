@@ -23,7 +23,7 @@ def node_trust(node_config: Mapping[str, object], policy: NodePolicy) -> Trust:
     if policy.roster is None or policy.signing_key is None:
         raise PolicyError("secure aggregation needs 'signing-key' and 'roster' in this node's config: create the key "
                           "with `fedtune node-key`, send its .roster-entry to the federation, and pin the roster file "
-                          "assembled with `fedtune roster build` (see clients/README.md)")
+                          "assembled with `fedtune roster build` (see docs/guides/node-operator.md)")
     try:
         key, roster = load_signing_key(policy.signing_key), Roster.load(policy.roster)
     except RosterError as exc:

@@ -17,15 +17,10 @@ from typing import Mapping
 
 from fedtune.common.config import ConfigError, RunConfig
 from fedtune.common.files import cache_root
+from fedtune.node.node_config_keys import (ACCOUNTANTS, DEFAULT_MIN_PEERS, DEFAULT_MIN_THRESHOLD, NODE_KEYS, UNITS,
+                                          unknown_key_problem)
 
-DEFAULT_MAX_EPSILON = 8.0  # a deployed node that sets no budget gets this one
-DEFAULT_MIN_EVAL_RECORDS = 20
-DEFAULT_EVAL_FRACTION = 0.1
-DEFAULT_MIN_PEERS = 3  # a secure sum over 2 nodes reveals each one's update to the other
-DEFAULT_MIN_THRESHOLD = 2
 STATE_LOCK_TIMEOUT = 3600.0  # seconds a node waits for another run's work in its state dir
-UNITS = ("record", "group")
-ACCOUNTANTS = ("rdp", "prv")
 
 
 class PolicyError(ConfigError):
@@ -73,23 +68,26 @@ class NodePolicy:
         """Read and check the policy once, at the edge (each message)."""
         if is_simulated(node_config):
             return cls._simulated(node_config, cfg)
+        problem = unknown_key_problem(node_config)
+        if problem:
+            raise PolicyError(problem)
         r = _Reader(node_config)
         policy = cls(
             simulated=False,
-            require_dp=r.flag("require-dp", True),
-            require_secagg=r.flag("require-secagg", True),
-            max_epsilon=r.number("max-epsilon", DEFAULT_MAX_EPSILON, positive=True),
+            require_dp=r.flag("require-dp"),
+            require_secagg=r.flag("require-secagg"),
+            max_epsilon=r.number("max-epsilon", positive=True),
             max_delta=r.optional_number("max-delta"),
-            min_eval_records=int(r.number("min-eval-records", DEFAULT_MIN_EVAL_RECORDS, integer=True)),
-            eval_fraction=r.number("eval-fraction", DEFAULT_EVAL_FRACTION),
-            split_seed=int(r.number("split-seed", 0, integer=True)),
-            release_label_counts=r.flag("release-label-counts", False),
-            unit=r.choice("privacy-unit", "record", UNITS),
-            group_column=r.text("group-column", ""),
-            accountant=r.choice("accountant", "", ("", *ACCOUNTANTS)) or None,
+            min_eval_records=int(r.number("min-eval-records", integer=True)),
+            eval_fraction=r.number("eval-fraction"),
+            split_seed=int(r.number("split-seed", integer=True)),
+            release_label_counts=r.flag("release-label-counts"),
+            unit=r.choice("privacy-unit", UNITS),
+            group_column=r.text("group-column"),
+            accountant=r.choice("accountant", ("", *ACCOUNTANTS)) or None,
             state_dir=r.path("state-dir"),
-            min_peers=int(r.number("min-peers", DEFAULT_MIN_PEERS, integer=True)),
-            min_threshold=int(r.number("min-threshold", DEFAULT_MIN_THRESHOLD, integer=True)),
+            min_peers=int(r.number("min-peers", integer=True)),
+            min_threshold=int(r.number("min-threshold", integer=True)),
             roster=r.path("roster"), signing_key=r.path("signing-key"),
         )
         policy._check()
@@ -100,13 +98,13 @@ class NodePolicy:
         r, p = _Reader(node_config), cfg.privacy
         return cls(
             simulated=True, require_dp=False, require_secagg=r.flag("require-secagg", False),
-            max_epsilon=r.number("max-epsilon", p.simulated_max_epsilon, positive=True),
+            max_epsilon=r.number("max-epsilon", positive=True, default=p.simulated_max_epsilon),
             max_delta=None, min_eval_records=1, eval_fraction=cfg.data.eval_fraction,
             split_seed=cfg.data.seed + 1000 + int(node_config["partition-id"]),  # type: ignore[arg-type]
             release_label_counts=True, unit="record", group_column="", accountant=p.accountant,
             state_dir=r.path("state-dir"),
-            min_peers=int(r.number("min-peers", DEFAULT_MIN_PEERS, integer=True)),
-            min_threshold=int(r.number("min-threshold", DEFAULT_MIN_THRESHOLD, integer=True)),
+            min_peers=int(r.number("min-peers", integer=True)),
+            min_threshold=int(r.number("min-threshold", integer=True)),
         )
 
     def _check(self) -> None:
@@ -175,13 +173,18 @@ class EffectivePrivacy:
 
 
 class _Reader:
-    """Typed reads of node-config values (Flower passes TOML scalars or strings)."""
+    """Typed reads of node-config values (Flower passes TOML scalars or strings); defaults come from
+    ``NODE_KEYS``, and reading a key it does not declare is a programming error."""
 
     def __init__(self, node_config: Mapping[str, object]):
         self.cfg = node_config
 
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.cfg.get(key, default)
+    def _get(self, key: str, default: object = None) -> object:
+        declared = NODE_KEYS[key].default  # KeyError: declare the key in node_config_keys.py first
+        return self.cfg.get(key, declared if default is None else default)
+
+    def flag(self, key: str, default: bool | None = None) -> bool:
+        value = self._get(key, default)
         if isinstance(value, bool):
             return value
         if str(value).lower() in ("true", "1", "yes"):
@@ -190,8 +193,8 @@ class _Reader:
             return False
         raise PolicyError(f"node config {key} must be true or false, got {value!r}")
 
-    def number(self, key: str, default: float, positive: bool = False, integer: bool = False) -> float:
-        value = self.cfg.get(key, default)
+    def number(self, key: str, positive: bool = False, integer: bool = False, default: float | None = None) -> float:
+        value = self._get(key, default)
         try:
             number = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -205,17 +208,18 @@ class _Reader:
         return number
 
     def optional_number(self, key: str) -> float | None:
-        return self.number(key, 0.0, positive=True) if key in self.cfg else None
+        return self.number(key, positive=True) if key in self.cfg else None
 
-    def text(self, key: str, default: str) -> str:
-        return str(self.cfg.get(key, default))
+    def text(self, key: str) -> str:
+        value = self._get(key)
+        return "" if value is None else str(value)
 
     def path(self, key: str) -> Path | None:
-        value = self.text(key, "")
+        value = self.text(key)
         return Path(value).expanduser() if value else None
 
-    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(key, default)
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(key)
         if value not in allowed:
             raise PolicyError(f"node config {key} must be one of {', '.join(allowed)}, got {value!r}")
         return value

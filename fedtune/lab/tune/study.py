@@ -59,7 +59,7 @@ def make_job(cfg: RunConfig, info: Preset, trials: int, folder: str | Path | Non
              name: str | None = None, timeout_minutes: float | None = None) -> TuneJob:
     if not info.tune:
         raise ConfigError(f"{info.path or 'the preset'} has no [tune] table: add one with a [tune.space] of the keys to "
-                          "search (see docs/tuning.md)")
+                          "search (see docs/guides/tuning.md)")
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if timeout_minutes is not None and timeout_minutes <= 0:
