@@ -175,3 +175,15 @@ def test_the_node_config_template_holds_only_declared_keys_and_states_their_defa
         default = NODE_KEYS[key].default
         if default not in (None, ""):  # unset ones show an example value
             assert tomllib.loads(f"v = {value}")["v"] == default, key
+
+
+def test_the_node_operators_table_explains_exactly_the_keys_a_node_reads():
+    """The guide's table says what each node-config key protects; it must neither miss a key nor explain one
+    the node does not read (the reference is generated; this table is prose, so it is held to the same list)."""
+    from fedtune.node.node_config_keys import NODE_KEYS
+
+    text = (ROOT / "docs" / "guides" / "node-operator.md").read_text(encoding="utf-8")
+    table = text[text.index("| key | default | what it protects |"):]
+    table = table[:table.index("\n\n")]
+    explained = {k for row in table.splitlines()[2:] for k in re.findall(r"`([a-z-]+)`", row.split("|")[1])}
+    assert explained == set(NODE_KEYS)
