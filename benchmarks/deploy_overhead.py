@@ -2,9 +2,11 @@
 
 A SuperLink and 3 SuperNodes on loopback (TLS, node authentication, roster and app pinning: the
 operator scripts, as in ``tests/test_deployment.py``) run 2 rounds of the packaged model with DP-SGD
-and SecAgg+; then Flower's Simulation Runtime runs the same settings with 3 simulated nodes:
+and SecAgg+, first with a fresh ClientApp process per message (``FEDTUNE_WARM_IDLE_EXIT=0``), then
+with warm nodes (the default: one process per node and app keeps the model); then Flower's
+Simulation Runtime runs the same settings with 3 simulated nodes:
 
-    python benchmarks/deploy_overhead.py [--out DIR] [--records-per-node 120] [--local-steps 2] [--batch-size 8]
+    python benchmarks/deploy_overhead.py [--out DIR] [--records-per-node 120] [--local-steps 2] [--batch-size 8] [--no-cold]
 
 Per round it prints the wall time (the coordinator's round, training + SecAgg+ + evaluation), the
 nodes' own training and evaluation seconds (their training loop and their evaluation, as each node
@@ -12,8 +14,9 @@ reports them) and the rest: process start, imports, model and data loading, σ p
 and the SecAgg+ stages.  Deployed SuperNodes work at the same time, so the nodes' part of a deployed
 round is the slowest node's training plus the slowest node's evaluation; the simulation runs its
 nodes one after another (one Ray actor with every core), so there it is the sum over nodes.  The
-last line is ``deploy_overhead_seconds_per_round=X simulation_overhead_seconds_per_round=Y``, the
-rest per training round (rounds 1 and 2) averaged.
+last line is ``cold_deploy_overhead_seconds_per_round=Z deploy_overhead_seconds_per_round=X
+simulation_overhead_seconds_per_round=Y`` (X: warm nodes), the rest per training round (rounds 1 and
+2) averaged.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ def settings(args) -> dict:
             "secagg.enabled": True, "data.labels": ",".join(DEPARTMENTS)}
 
 
-def deployed(base: Path, args) -> list[dict]:
+def deployed(base: Path, args, warm: bool) -> list[dict]:
     records = generate_triage(NODES * args.records_per_node, seed=11)
     n = args.records_per_node
-    d = start_deployment(base, [records[i * n:(i + 1) * n] for i in range(NODES)])
+    d = start_deployment(base, [records[i * n:(i + 1) * n] for i in range(NODES)],
+                         node_env={} if warm else {"FEDTUNE_WARM_IDLE_EXIT": "0"})
     try:
         config = base / "run-config.toml"
         write_run_config({**settings(args), "output.dir": str(base / "results"), "federation.node-wait-timeout": 300.0,
@@ -101,19 +105,25 @@ def main() -> None:
     parser.add_argument("--records-per-node", type=int, default=120)
     parser.add_argument("--local-steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-cold", action="store_true", help="skip the deployment with a fresh process per message")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = args.out or Path(tmp)
-        (base / "deployed").mkdir(parents=True, exist_ok=True)
-        (base / "simulated").mkdir(parents=True, exist_ok=True)
-        t = time.monotonic()
-        deploy = report("deployment (3 SuperNodes, TLS, authentication)", deployed(base / "deployed", args), True)
-        print(f"  ({time.monotonic() - t:.0f} s with setup)")
-        t = time.monotonic()
-        sim = report("simulation (3 nodes, one Ray actor)", simulated(base / "simulated", args), False)
-        print(f"  ({time.monotonic() - t:.0f} s with Flower's start)")
-    print(f"deploy_overhead_seconds_per_round={deploy:.2f} simulation_overhead_seconds_per_round={sim:.2f}")
-
+        rests = {}
+        runs = [("warm", "deployment, warm nodes (3 SuperNodes, TLS, authentication; one ClientApp process per "
+                 "node keeps the model)", lambda b: deployed(b, args, warm=True), True),
+                ("simulated", "simulation (3 nodes, one Ray actor)", lambda b: simulated(b, args), False)]
+        if not args.no_cold:
+            runs.insert(0, ("cold", "deployment, cold nodes (FEDTUNE_WARM_IDLE_EXIT=0: a fresh ClientApp process "
+                            "per message)", lambda b: deployed(b, args, warm=False), True))
+        for key, title, run, concurrent in runs:
+            (base / key).mkdir(parents=True, exist_ok=True)
+            t = time.monotonic()
+            rests[key] = report(title, run(base / key), concurrent)
+            print(f"  ({time.monotonic() - t:.0f} s with setup)")
+    cold = f"cold_deploy_overhead_seconds_per_round={rests['cold']:.2f} " if "cold" in rests else ""
+    print(f"{cold}deploy_overhead_seconds_per_round={rests['warm']:.2f} "
+          f"simulation_overhead_seconds_per_round={rests['simulated']:.2f}")
 
 if __name__ == "__main__":
     main()

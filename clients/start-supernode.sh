@@ -9,6 +9,9 @@ set -euo pipefail
 FEDTUNE_NODE_DIR="${FEDTUNE_NODE_DIR:-$HOME/fedtune-node}"
 : "${FEDTUNE_SUPERLINK:?set FEDTUNE_SUPERLINK to host:port of the coordinator}"
 FEDTUNE_NODE_PORT="${FEDTUNE_NODE_PORT:-9094}"   # local only: the node's runtime API for its ClientApp
+# One ClientApp process per approved app serves task after task, so the model is loaded once, not per
+# message; it exits after this many idle seconds (frees its memory). 0: a fresh process per message.
+FEDTUNE_WARM_IDLE_EXIT="${FEDTUNE_WARM_IDLE_EXIT:-900}"
 GUARD="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/fedtune/node/app_guard.py"
 for f in ca.crt node-key node-config.toml; do
   [ -f "$FEDTUNE_NODE_DIR/$f" ] || { echo "missing $FEDTUNE_NODE_DIR/$f (see docs/guides/node-operator.md)" >&2; exit 2; }
@@ -31,7 +34,7 @@ flower-supernode \
 SUPERNODE=$!
 python -I "$GUARD" serve --runtime-api-address "127.0.0.1:$FEDTUNE_NODE_PORT" \
   --node-config "$FEDTUNE_NODE_DIR/node-config.toml" --superexec-auth-secret-file "$SECRET" \
-  --work-dir "$FEDTUNE_NODE_DIR/app-tasks" &
+  --work-dir "$FEDTUNE_NODE_DIR/app-tasks" --warm-idle-exit "$FEDTUNE_WARM_IDLE_EXIT" &
 GUARD_PID=$!
 trap 'kill "$SUPERNODE" "$GUARD_PID" 2>/dev/null || true' EXIT
 set +e

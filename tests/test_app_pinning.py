@@ -129,3 +129,74 @@ def test_the_runner_refuses_bytes_other_than_the_approved_ones_before_any_code_r
     # the task was approved under the good hash, but the FAB the runner pulls is another one
     verdict, ran = _runner(tmp_path, swapped, good, good)
     assert verdict.startswith("REFUSED") and "not approved" in verdict and not ran
+
+
+WARM_CLIENT = '''import os
+open(os.environ["MARKER"], "a").write("imported\\n")  # once per process that loads the app
+from flwr.app import Message, RecordDict
+from flwr.clientapp import ClientApp
+app = ClientApp()
+
+@app.train()
+def train(msg, context):
+    open(os.environ["MARKER"], "a").write(f"trained in {os.getpid()}\\n")
+    return Message(RecordDict(), reply_to=msg)
+'''
+
+WARM = '''import hashlib, sys
+from pathlib import Path
+from types import SimpleNamespace
+fabs = iter([Path(p).read_bytes() for p in sys.argv[1].split(",")])
+sys.argv = ["app_guard.py", "_warm", *sys.argv[2:]]
+from flwr.app import Context, Message, RecordDict
+from flwr.supercore import heartbeat
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime import run_clientapp as rc
+
+def pull(client):  # Flower's pull_task_input, with the task's message, context, run and FAB made up here
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    fab = next(fabs)
+    msg = Message(RecordDict(), dst_node_id=1, message_type="train")
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    return msg, ctx, SimpleNamespace(fab_id="test/toy", fab_version="1.0.0"), SimpleNamespace(
+        content=fab, hash_str=hashlib.sha256(fab).hexdigest())
+
+rc.pull_task_input = pull
+rc.push_message = lambda client, reply, context: print("REPLY", "error" if reply.has_error() else "ok", flush=True)
+rc.push_task_output = lambda client, context, sub_status, details: print("STATUS", sub_status, details, flush=True)
+heartbeat.HeartbeatSender = lambda fn: SimpleNamespace(start=lambda: None, stop=lambda: None)
+heartbeat.make_task_heartbeat_fn_http = lambda client: None
+sys.path.insert(0, sys.argv.pop())
+import app_guard
+app_guard.runtime_client = lambda *a: SimpleNamespace(close=lambda: None)
+app_guard.main()
+'''
+
+
+def test_a_warm_runner_loads_the_approved_app_once_serves_each_task_and_refuses_swapped_bytes(tmp_path):
+    """`serve --warm-idle-exit`: one process per approved app runs task after task (its module, and what it
+    caches, stay loaded), and every task's FAB bytes are checked again: a swapped app on a later task is refused
+    and none of its code runs."""
+    approved = build_fab_from_disk(_toy_app(tmp_path / "approved", WARM_CLIENT))
+    swapped = build_fab_from_disk(_toy_app(tmp_path / "swapped", WARM_CLIENT + "x = 1\n"))
+    good = hashlib.sha256(approved).hexdigest()
+    paths = []
+    for name, fab in (("a", approved), ("b", approved), ("c", swapped), ("d", approved)):
+        paths.append(tmp_path / f"{name}.fab")
+        paths[-1].write_bytes(fab)
+    (tmp_path / "node-config.toml").write_text(f'approved-apps = "{good}"\n')
+    marker = tmp_path / "marker"
+    res = subprocess.run(
+        [sys.executable, "-I", "-c", WARM, ",".join(map(str, paths)), "--runtime-api-address", "127.0.0.1:1",
+         "--node-config", str(tmp_path / "node-config.toml"), "--expected-hash", good, "--idle-exit", "30",
+         str(Path(app_guard.__file__).parent)],
+        input="token-1\ntoken-2\ntoken-3\ntoken-4\n",
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "MARKER": str(marker)},
+        capture_output=True, text=True, timeout=300)
+    lines = [line for line in res.stdout.splitlines() if line.startswith(("REPLY", "STATUS"))]
+    assert lines[:4] == ["REPLY ok", "STATUS completed ", "REPLY ok", "STATUS completed "], res.stderr[-3000:]
+    assert lines[4] == "REPLY error" and lines[5].startswith("STATUS failed") and "not approved" in lines[5]
+    assert lines[6:] == ["REPLY ok", "STATUS completed "]  # the loaded app goes on serving approved tasks
+    runs = marker.read_text().splitlines()
+    assert runs.count("imported") == 1 and len(runs) == 4 and len({r for r in runs if r.startswith("trained")}) == 1

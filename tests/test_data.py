@@ -179,3 +179,22 @@ def test_a_simulated_node_s_records_do_not_depend_on_the_nodes_its_process_serve
     again = cache.data(cfg, node(7))
     assert again.train == fresh.train and again.eval == fresh.eval and again.source == fresh.source
     assert len(pools) == 1
+
+
+def test_a_process_that_keeps_a_deployed_nodes_records_reads_them_again_once_the_file_changes(tiny_cfg, tmp_path):
+    """A deployed node's warm runner serves many messages from one process: records cached there must follow the
+    operator's file (and its fingerprint, which names the ledger), not the first version the process read."""
+    import os
+
+    from fedtune.node.process_cache import NodeCache
+
+    path = tmp_path / "records.jsonl"
+    node = {"data-path": str(path), "state-dir": str(tmp_path / "state"), "min-eval-records": 1}
+    write_jsonl(generate_triage(60, seed=1), path)
+    cache = NodeCache()
+    first = cache.data(tiny_cfg, node)
+    assert cache.data(tiny_cfg, node) is first  # unchanged file: kept
+    write_jsonl(generate_triage(90, seed=2), path)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))  # a later edit, even within a tick
+    second = cache.data(tiny_cfg, node)
+    assert len(second.train) + len(second.eval) == 90 and second.raw_fingerprint != first.raw_fingerprint

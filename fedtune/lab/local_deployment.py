@@ -109,9 +109,11 @@ class LocalDeployment:
 
 
 def start_deployment(base: Path, node_records: Sequence[Sequence[Example]], unadmitted: int = 0,
-                     node_settings: str = "min-eval-records = 5\n") -> LocalDeployment:
+                     node_settings: str = "min-eval-records = 5\n",
+                     node_env: dict[str, str] | None = None) -> LocalDeployment:
     """Coordinator (CA, certificates, SuperLink) and one node per entry of ``node_records`` (keys,
-    roster of the admitted ones, records, node config with ``node_settings`` appended), all started.
+    roster of the admitted ones, records, node config with ``node_settings`` appended), all started;
+    ``node_env`` is added to each node's environment (e.g. FEDTUNE_WARM_IDLE_EXIT=0).
     The caller stops it (``stop``); if this raises, whatever it started is stopped already."""
     coord, port = base / "coordinator", free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -119,14 +121,14 @@ def start_deployment(base: Path, node_records: Sequence[Sequence[Example]], unad
            "FEDTUNE_SUPERLINK_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     procs = Processes()
     try:
-        return _start(base, coord, port, env, procs, node_records, unadmitted, node_settings)
+        return _start(base, coord, port, env, procs, node_records, unadmitted, node_settings, node_env or {})
     except BaseException:
         procs.stop_all()
         raise
 
 
 def _start(base: Path, coord: Path, port: int, env: dict, procs: Processes, node_records, unadmitted: int,
-           node_settings: str) -> LocalDeployment:
+           node_settings: str, node_env: dict[str, str]) -> LocalDeployment:
     run_checked(["bash", ROOT / "server" / "init-coordinator.sh", "127.0.0.1", "localhost"], env)
     log = base / "superlink.out"
     nodes = [base / f"node-{i}" for i in range(len(node_records))]
@@ -136,9 +138,9 @@ def _start(base: Path, coord: Path, port: int, env: dict, procs: Processes, node
     wait_healthy(port, coord / "certs" / "ca.crt", link, log)
     _prepare_nodes(deployment, node_records, len(node_records) - unadmitted, node_settings)
     for node_dir in nodes:
-        node_env = {**env, "FEDTUNE_NODE_DIR": str(node_dir), "FEDTUNE_SUPERLINK": f"127.0.0.1:{port}",
-                    "FEDTUNE_NODE_PORT": str(free_port())}
-        deployment.supernodes.append(procs.start(["bash", ROOT / "clients" / "start-supernode.sh"], node_env,
+        one_env = {**env, **node_env, "FEDTUNE_NODE_DIR": str(node_dir), "FEDTUNE_SUPERLINK": f"127.0.0.1:{port}",
+                   "FEDTUNE_NODE_PORT": str(free_port())}
+        deployment.supernodes.append(procs.start(["bash", ROOT / "clients" / "start-supernode.sh"], one_env,
                                                  node_dir / "supernode.out"))
     return deployment
 

@@ -14,6 +14,11 @@ a fresh FLWR_HOME, where the SHA-256 of the bytes about to be installed is check
 whose app is not approved gets an error reply (code 7, INVALID_FAB) so the coordinator's
 ServerApp sees a refusal instead of waiting; no byte of the app is installed or imported here.
 
+With ``serve --warm-idle-exit SECONDS`` (``clients/start-supernode.sh`` sets 900) the approved tasks of one app
+go to one long-lived runner process instead (``_warm``: the guard writes each task's token to its stdin), which
+does per task what Flower's runner does, with Flower's own helpers, but keeps the loaded app, so a node loads its
+model once rather than for every message; each task's FAB bytes are checked again.
+
 Usage (``clients/start-supernode.sh`` does this)::
 
     fedtune app hash APP_DIR          # or: python fedtune/node/app_guard.py hash APP_DIR
@@ -39,6 +44,7 @@ import io
 import logging
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -47,7 +53,7 @@ import time
 import tomllib
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +183,8 @@ class Guard:
     root_certificates: str | None
     work_base: Path
     children: dict[int, Child]
+    warm_idle_exit: float = 0.0  # > 0: one warm runner per approved app, which exits after this idle time
+    warm: dict[str, Child] = field(default_factory=dict)  # FAB hash -> its warm runner
 
     def task_client(self, token: str) -> RuntimeHttpClient:
         """A client authenticated as the task (what a ClientApp process itself would use)."""
@@ -188,9 +196,12 @@ class Guard:
         approved = load_approved(self.node_config)
         claimed = task.fab_hash  # the hash the SuperNode stored the run's FAB under
         if claimed in approved:
-            log.info("task %d run %d: app %s is approved -> launching Flower's ClientApp runner "
-                     "(it re-checks the FAB bytes before installing)", task.task_id, task.run_id, claimed)
-            self.launch(task, token)
+            log.info("task %d run %d: app %s is approved -> %s (it re-checks the FAB bytes)", task.task_id,
+                     task.run_id, claimed, "its warm runner" if self.warm_idle_exit else "Flower's ClientApp runner")
+            if self.warm_idle_exit:
+                self.hand_to_warm(task, token)
+            else:
+                self.launch(task, token)
         else:
             self.refuse(task, token)
 
@@ -224,23 +235,43 @@ class Guard:
             client.close()
 
     def launch(self, task: Task, token: str) -> None:
-        """Start `app_guard.py _clientapp` for the token, with a fresh private FLWR_HOME."""
+        """Start `app_guard.py _clientapp` for the token (one process for this one task)."""
+        self.start_child(task, ["_clientapp"], token=token)
+
+    def hand_to_warm(self, task: Task, token: str) -> None:
+        """Write the token to the app's warm runner, starting one if it has none (or it exited)."""
+        runner = self.warm.get(task.fab_hash)
+        if runner is None or runner.proc.poll() is not None:
+            runner = self.start_child(task, ["_warm", "--idle-exit", str(self.warm_idle_exit)], stdin=subprocess.PIPE)
+            self.warm[task.fab_hash] = runner
+        assert runner.proc.stdin is not None
+        try:
+            runner.proc.stdin.write(f"{token}\n".encode())
+            runner.proc.stdin.flush()
+        except BrokenPipeError:  # it exited between the check and the write: a fresh one takes the task
+            del self.warm[task.fab_hash]
+            self.hand_to_warm(task, token)
+
+    def start_child(self, task: Task, mode: list[str], token: str | None = None, **popen: Any) -> Child:
+        """Start `app_guard.py <mode>` for the task's app, with a fresh private FLWR_HOME (and the token in a
+        file only it can read, for a one-task runner)."""
         workdir = Path(tempfile.mkdtemp(prefix=f"task-{task.task_id}-", dir=self.work_base))  # 0700
-        token_file = workdir / "token"
-        token_file.write_text(token)
-        token_file.chmod(0o600)
-        cmd = [sys.executable, "-I", str(Path(__file__).resolve()), "_clientapp",
-               "--runtime-api-address", self.address, "--token-file", str(token_file),
-               "--node-config", str(self.node_config), "--expected-hash", task.fab_hash,
-               "--parent-pid", str(os.getpid())]
+        if token is not None:
+            (workdir / "token").write_text(token)
+            (workdir / "token").chmod(0o600)
+            mode = [*mode, "--token-file", str(workdir / "token")]
+        cmd = [sys.executable, "-I", str(Path(__file__).resolve()), *mode,
+               "--runtime-api-address", self.address, "--node-config", str(self.node_config),
+               "--expected-hash", task.fab_hash, "--parent-pid", str(os.getpid())]
         if self.root_certificates:
             cmd += ["--root-certificates", self.root_certificates]
         env = {**os.environ, "FLWR_HOME": str(workdir / "flwr-home")}
-        # pylint: disable-next=consider-using-with
-        proc = subprocess.Popen(cmd, env=env)
-        self.children[proc.pid] = Child(proc, task.task_id, task.run_id, workdir)
-        log.info("task %d run %d: ClientApp process %d started (FLWR_HOME=%s)", task.task_id,
-                 task.run_id, proc.pid, env["FLWR_HOME"])
+        proc = subprocess.Popen(cmd, env=env, **popen)  # pylint: disable=consider-using-with
+        child = Child(proc, task.task_id, task.run_id, workdir)
+        self.children[proc.pid] = child
+        log.info("task %d run %d: %s process %d started (FLWR_HOME=%s)", task.task_id, task.run_id, mode[0],
+                 proc.pid, env["FLWR_HOME"])
+        return child
 
     def reap(self) -> None:
         """Log finished ClientApp processes and delete their private directories."""
@@ -250,6 +281,7 @@ class Guard:
                          child.run_id, pid, code)
                 shutil.rmtree(child.workdir, ignore_errors=True)
                 del self.children[pid]
+                self.warm = {h: w for h, w in self.warm.items() if w is not child}
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -263,7 +295,7 @@ def serve(args: argparse.Namespace) -> None:
     work_base = Path(args.work_dir or tempfile.mkdtemp(prefix="app_guard-"))
     work_base.mkdir(parents=True, exist_ok=True)
     guard = Guard(args.runtime_api_address, Path(args.node_config).resolve(), args.root_certificates,
-                  work_base, {})
+                  work_base, {}, warm_idle_exit=args.warm_idle_exit)
     approved = load_approved(guard.node_config)
     log.info("serving ClientApp tasks of the SuperNode at %s; %d approved app(s) in %s: %s",
              args.runtime_api_address, len(approved), guard.node_config, ", ".join(sorted(approved)) or "-")
@@ -299,6 +331,41 @@ def clientapp_module(fab: bytes) -> str:
     return ref.split(":", 1)[0].split(".", 1)[0]
 
 
+class FabGate:
+    """What stands between a FAB's bytes and the import of its ClientApp, in either runner: the bytes must
+    hash to an approved app and to the hash the task was approved under, and the app's top module must
+    come from where those bytes were installed (never from a copy already imported)."""
+
+    def __init__(self, node_config: Path, expected_hash: str, flwr_home: Path):
+        self.node_config, self.expected_hash, self.flwr_home = node_config, expected_hash, flwr_home
+        self.top_module = ""
+
+    def check(self, fab: bytes) -> str:
+        """Refuse (AppNotApproved) unless ``fab`` is the approved app; return its hash."""
+        actual = sha256_hex(fab)
+        if actual not in load_approved(self.node_config):
+            raise AppNotApproved(not_approved_reason(actual))
+        if actual != self.expected_hash:
+            raise AppNotApproved(f"FAB bytes hash to {actual}, not to the approved {self.expected_hash}")
+        return actual
+
+    def install(self, install_from_fab: Callable[..., Path], fab: bytes, *a: Any, **kw: Any) -> Path:
+        actual = self.check(fab)
+        self.top_module = clientapp_module(fab)
+        if self.top_module in sys.modules:  # would be used instead of the FAB's copy (object_ref.load_app)
+            raise AppNotApproved(f"module {self.top_module!r} is already imported in the runner process")
+        log.info("FAB %s verified (sha256 of %d bytes); installing into %s", actual, len(fab), self.flwr_home)
+        return install_from_fab(fab, *a, **kw)
+
+    def loaded(self, app: Any) -> Any:
+        """``app`` once its module is known to come from the verified FAB."""
+        origin = Path(getattr(sys.modules.get(self.top_module), "__file__", "") or "/").resolve()
+        if not origin.is_relative_to(self.flwr_home):
+            raise AppNotApproved(f"module {self.top_module!r} was loaded from {origin}, not from the FAB")
+        log.info("ClientApp module %r loaded from the verified FAB (%s)", self.top_module, origin)
+        return app
+
+
 def clientapp_child(args: argparse.Namespace) -> None:
     """Run flwr's run_clientapp for one token, refusing inside it before the FAB is installed.
 
@@ -312,36 +379,16 @@ def clientapp_child(args: argparse.Namespace) -> None:
     # pylint: disable-next=import-outside-toplevel
     from flwr.supernode.runtime import run_clientapp as rc
 
-    node_config = Path(args.node_config)
-    flwr_home = Path(os.environ["FLWR_HOME"]).resolve()
+    gate = FabGate(Path(args.node_config), args.expected_hash, Path(os.environ["FLWR_HOME"]).resolve())
     install_from_fab: Callable[..., Path] = rc.install_from_fab
     get_load_client_app_fn: Callable[..., Callable[[str, str, str], Any]] = rc.get_load_client_app_fn
-    top_module: list[str] = []
 
     def gated_install(fab: bytes, *a: Any, **kw: Any) -> Path:
-        actual = sha256_hex(fab)
-        if actual not in load_approved(node_config):
-            raise AppNotApproved(not_approved_reason(actual))
-        if actual != args.expected_hash:
-            raise AppNotApproved(f"FAB bytes hash to {actual}, not to the approved {args.expected_hash}")
-        top_module.append(clientapp_module(fab))
-        if top_module[0] in sys.modules:  # would be used instead of the FAB's copy (object_ref.load_app)
-            raise AppNotApproved(f"module {top_module[0]!r} is already imported in the runner process")
-        log.info("FAB %s verified (sha256 of %d bytes); installing into %s", actual, len(fab), flwr_home)
-        return install_from_fab(fab, *a, **kw)
+        return gate.install(install_from_fab, fab, *a, **kw)
 
     def checked_loader(*a: Any, **kw: Any) -> Callable[[str, str, str], Any]:
         load = get_load_client_app_fn(*a, **kw)
-
-        def _load(fab_id: str, fab_version: str, fab_hash: str) -> Any:
-            app = load(fab_id, fab_version, fab_hash)
-            origin = Path(getattr(sys.modules.get(top_module[0]), "__file__", "") or "/").resolve()
-            if not origin.is_relative_to(flwr_home):
-                raise AppNotApproved(f"module {top_module[0]!r} was loaded from {origin}, not from the FAB")
-            log.info("ClientApp module %r loaded from the verified FAB (%s)", top_module[0], origin)
-            return app
-
-        return _load
+        return lambda fab_id, fab_version, fab_hash: gate.loaded(load(fab_id, fab_version, fab_hash))
 
     rc.install_from_fab = gated_install
     rc.get_load_client_app_fn = checked_loader
@@ -353,6 +400,80 @@ def clientapp_child(args: argparse.Namespace) -> None:
         parent_pid=args.parent_pid,
         runtime_dependency_install=False,  # never `uv sync` what the FAB asks for: not pinned
     )
+
+
+# --------------------------------------------------------------------------------------------
+# `_warm` (internal): one process per approved app that runs its tasks one after another
+
+
+def warm_child(args: argparse.Namespace) -> None:
+    """Serve the task tokens the guard writes to stdin, one per line, with one loaded ClientApp.
+
+    Flower 1.42 runs one message per ClientApp process, so a deployed node would import torch and load
+    its model for every message.  This runner does, for each token, what Flower's run_clientapp does
+    (pull the task input, run the app, push the reply and the task output, with Flower's own helpers
+    and the task's own Runtime API token) but keeps the process, and with it the app's module and
+    whatever the app caches in memory (the model, the records), for the next task of the same app.
+    The FAB is verified and installed once; every later task's FAB bytes are checked again.  Exits at
+    end of input (the guard stopped) or after ``--idle-exit`` seconds without a task (frees memory).
+    """
+    # pylint: disable-next=import-outside-toplevel
+    from flwr.supercore.app_utils import start_parent_process_monitor
+
+    if args.parent_pid:
+        start_parent_process_monitor(args.parent_pid)
+    gate = FabGate(Path(args.node_config), args.expected_hash, Path(os.environ["FLWR_HOME"]).resolve())
+    app = None
+    while select.select([sys.stdin], [], [], args.idle_exit)[0]:
+        token = sys.stdin.readline().strip()
+        if not token:
+            break  # the guard closed the pipe
+        app = run_task(runtime_client(args.runtime_api_address, [
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), RuntimeTokenHttpInterceptor(token)],
+            args.root_certificates), gate, app)
+        if app is None:
+            break  # not loaded (refused or broken): the guard starts a fresh process for the next task
+    log.info("warm ClientApp runner for %s exits", args.expected_hash)
+
+
+def run_task(client: RuntimeHttpClient, gate: FabGate, app: Any) -> Any:
+    """One task, as Flower's run_clientapp runs it (supernode/runtime/run_clientapp.py:81-236): the app is
+    installed and loaded on the first task only.  Returns the loaded app (None if loading failed)."""
+    # pylint: disable-next=import-outside-toplevel
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    message = context = reply = None
+    status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    try:
+        message, context, run, fab = pull_task_input(client)
+        if app is None:
+            gate.install(install_from_fab, fab.content, skip_prompt=True)
+            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+            app = gate.loaded(load(run.fab_id, run.fab_version, fab.hash_str))
+        else:
+            gate.check(fab.content)
+        reply = app(message=message, context=context)
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as ex:  # pylint: disable=broad-exception-caught
+        log.error("ClientApp task failed", exc_info=ex)
+        details = f"{type(ex)}:<'{ex}'>"
+        code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION if app is not None else ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+        reply = Message(Error(code=code, reason=details), reply_to=message) if message is not None else None
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        except Exception as ex:  # pylint: disable=broad-exception-caught
+            log.error("could not push the reply", exc_info=ex)
+        push_task_output(client, context=context, sub_status=status, details=details)
+        heartbeat.stop()
+        client.close()
+    return app
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,11 +495,18 @@ def main() -> None:
     p_serve.add_argument("--root-certificates", help="CA of a TLS Runtime API (default: plain HTTP)")
     p_serve.add_argument("--work-dir", help="where per-task FLWR_HOMEs are created (default: a temp dir)")
     p_serve.add_argument("--poll-interval", type=float, default=1.0)
-    p_child = sub.add_parser("_clientapp")  # internal: started by `serve`
-    for flag in ("--runtime-api-address", "--token-file", "--node-config", "--expected-hash"):
-        p_child.add_argument(flag, required=True)
-    p_child.add_argument("--root-certificates")
-    p_child.add_argument("--parent-pid", type=int)
+    p_serve.add_argument("--warm-idle-exit", type=float, default=0.0, metavar="SECONDS",
+                         help="> 0: keep one ClientApp process per approved app across tasks (the model stays "
+                              "loaded), ended after this many idle seconds; 0: a fresh process per task")
+    p_child = sub.add_parser("_clientapp")  # internal: started by `serve`, one task
+    p_warm = sub.add_parser("_warm")  # internal: started by `serve --warm-idle-exit`, task tokens on stdin
+    for p in (p_child, p_warm):
+        for flag in ("--runtime-api-address", "--node-config", "--expected-hash"):
+            p.add_argument(flag, required=True)
+        p.add_argument("--root-certificates")
+        p.add_argument("--parent-pid", type=int)
+    p_child.add_argument("--token-file", required=True)
+    p_warm.add_argument("--idle-exit", type=float, required=True)
     args = parser.parse_args()
 
     if flwr.__version__ != TESTED_FLWR:
@@ -387,6 +515,8 @@ def main() -> None:
         print(app_hash(args.app_dir))
     elif args.cmd == "serve":
         serve(args)
+    elif args.cmd == "_warm":
+        warm_child(args)
     else:
         clientapp_child(args)
 

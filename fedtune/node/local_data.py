@@ -73,11 +73,19 @@ def simulated_split(cfg: DataConfig, num_nodes: int, stamp: tuple | None) -> tup
 
 
 def _source_stamp(source: str) -> tuple | None:
+    """(size, mtime) of a data file, or of every file in a datasets folder: changes when the data does."""
+    path = Path(source).expanduser()
     try:
-        st = os.stat(Path(source).expanduser())
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     except OSError:
         return None  # the built-in synthetic notes (or a missing file: simulation_pool says so)
-    return (st.st_size, st.st_mtime_ns)
+
+
+def data_stamp(node_config: Mapping[str, object]) -> tuple | None:
+    """What identifies the current contents of a deployed node's data-path (None for a simulated node), so a
+    process that keeps a node's records (a warm runner) reads them again once the operator changes the file."""
+    return _source_stamp(str(node_config["data-path"])) if "data-path" in node_config else None
 
 
 def node_examples(cfg: DataConfig, node_config: Mapping[str, object], policy: NodePolicy | None = None) -> NodeExamples:

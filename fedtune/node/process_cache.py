@@ -4,9 +4,10 @@ Flower calls the ClientApp's handlers as plain functions, so the reusable state 
 process lives in one object here, ``NODE_PROCESS``, used only by node code.  Every call hands
 back the model holding exactly the adapter the caller names (``common/model_cache.py``), so an
 adapter trained for one message (or one simulated node) never leaks into the next.  Encoded
-records are immutable; they are cached per (run config, node config), bounded by the number of
-records held (not of nodes), so a process serving a 1,000-node simulation keeps every node it
-served instead of re-reading and re-encoding each one per message.
+records are immutable; they are cached per (run config, node config, the data file's size and
+mtime), bounded by the number of records held (not of nodes), so a process serving a 1,000-node
+simulation keeps every node it served instead of re-reading and re-encoding each one per message,
+and a deployed node's warm runner reads its file again once its operator changes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from fedtune.common.config import RunConfig
 from fedtune.common.model_cache import ModelCache, ModelSpec
 from fedtune.node.hardware import on_this_node
-from fedtune.node.local_data import NodeData, load_node_data
+from fedtune.node.local_data import NodeData, data_stamp, load_node_data
 
 
 def _records(data: NodeData) -> int:
@@ -34,7 +35,7 @@ class NodeCache:
         self._data: "OrderedDict[tuple, NodeData]" = OrderedDict()
 
     def data(self, cfg: RunConfig, node_config: Mapping[str, object]) -> NodeData:
-        key = (cfg, tuple(sorted(node_config.items())))
+        key = (cfg, tuple(sorted(node_config.items())), data_stamp(node_config))
         if key not in self._data:
             self._data[key] = load_node_data(cfg, node_config, self.models.encoder(ModelSpec.of(cfg)))
             self._held += _records(self._data[key])
