@@ -494,7 +494,8 @@ def main() -> None:
     p_serve.add_argument("--superexec-auth-secret-file", help="same file as flower-supernode's")
     p_serve.add_argument("--root-certificates", help="CA of a TLS Runtime API (default: plain HTTP)")
     p_serve.add_argument("--work-dir", help="where per-task FLWR_HOMEs are created (default: a temp dir)")
-    p_serve.add_argument("--poll-interval", type=float, default=1.0)
+    p_serve.add_argument("--poll-interval", type=float, default=0.2,
+                         help="seconds between asks for a task (a local call to the SuperNode)")
     p_serve.add_argument("--warm-idle-exit", type=float, default=0.0, metavar="SECONDS",
                          help="> 0: keep one ClientApp process per approved app across tasks (the model stays "
                               "loaded), ended after this many idle seconds; 0: a fresh process per task")
