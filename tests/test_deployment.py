@@ -77,6 +77,15 @@ def test_a_tls_federation_with_authenticated_nodes_completes_the_run(deployment,
         assert list((node / "state").rglob("*.json")), f"no privacy ledger in {node / 'state'}"
 
 
+def test_each_node_runs_every_message_of_the_run_in_one_warm_clientapp_process(deployment):
+    """start-supernode.sh's default: the app guard hands every approved task to one runner process per app, so
+    the model is loaded once per node, not once per message (2 rounds: train, 4 SecAgg+ stages, evaluate)."""
+    for node in deployment["nodes"][:NODES]:
+        log = (node / "supernode.out").read_text()
+        claimed = log.count(": claimed (type flwr-clientapp")
+        assert claimed >= 13 and log.count("_warm process") == 1 and "_clientapp process" not in log, log[-2000:]
+
+
 def test_a_node_with_an_unknown_key_is_refused(deployment):
     rogue = deployment["rogue"]
     rogue.wait(timeout=60)
