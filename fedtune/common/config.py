@@ -62,16 +62,18 @@ class ModelConfig:
         _non_empty,
     )
     precision: str = _opt(
-        "auto", "compute precision of forward/backward (LoRA weights and optimiser stay fp32); auto = bf16 where the "
-        "device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32 - on other CPUs bf16 is "
+        "auto", "compute precision of forward/backward (LoRA weights, AdamW and DP clipping stay fp32); auto = bf16 "
+        "where it is clearly faster: a CUDA GPU that supports bf16, or a CPU on which a 256x256 bf16 matmul probe "
+        "runs in under 0.8x the fp32 time (AVX512-BF16/AMX: ~1.5x faster), else fp32 - on other CPUs bf16 is "
         "emulated and can be 100x slower", _one_of("auto", "bf16", "fp32")
     )
     max_length: int = _opt(256, "max tokens per record (prompt is truncated from the left)", _positive)
-    device: str = _opt("auto", "where the model runs: auto = the GPU where torch sees one (CUDA), else the CPU",
+    device: str = _opt("auto", "where the model runs: auto = the GPU where torch sees one (CUDA), else the CPU; cuda "
+                       "on a machine without one is refused. A deployed node's own `device` overrides it",
                        _one_of(*DEVICES))
     quantization: str = _opt(
         "none", "base weights: none (fp32) or 4bit (QLoRA: NF4 base via bitsandbytes, LoRA and DP-SGD in fp32; needs "
-        "a CUDA GPU and `pip install bitsandbytes`)", _one_of("none", "4bit"))
+        "a CUDA GPU and bitsandbytes: pip install 'fedtune[gpu]')", _one_of("none", "4bit"))
 
 
 @dataclass(frozen=True)
@@ -230,13 +232,16 @@ class PrivacyConfig:
     )
     noise_multiplier: float = _opt(0.0, "σ of DP-SGD; 0 = derive it from target-epsilon", _non_negative)
     max_grad_norm: float = _opt(1.0, "per-sample gradient clipping bound C", _positive)
-    delta: float = _opt(0.0, "δ a run asks for; 0 = the node's own (max-delta, or 0.1 / its training records). "
-                        "A node never uses a larger δ than its own", _non_negative)
+    delta: float = _opt(0.0, "δ a run asks for; 0 = the node's own (max-delta, or 0.1 / its number of privacy "
+                        "units: records, or groups with unit = group). A node never uses a larger δ than its own, "
+                        "and refuses one >= 1 / its units", _non_negative)
     unit: str = _opt("record", "what ε protects: one record, or one group of records (data.group-column: a patient, "
                      "a customer) - DP-SGD then samples and clips per group", _one_of("record", "group"))
     accountant: str = _opt("prv", "accountant of simulated nodes: prv (Opacus PRV, Gopi et al. 2021: tight) or rdp "
                            "(Rényi DP: looser, about 10% more noise at the same ε)", _one_of("rdp", "prv"))
-    clipping: str = _opt("hooks", "Opacus per-sample gradient mode: hooks (fastest for LoRA) or ghost", _one_of("hooks", "ghost"))
+    clipping: str = _opt("hooks", "Opacus per-sample gradient mode: hooks (fastest for LoRA; any precision, "
+                         "record or group units) or ghost (record-level only, with model.precision=fp32)",
+                         _one_of("hooks", "ghost"))
     simulated_max_epsilon: float = _opt(
         8.0, "budget of *simulated* nodes only; a deployed node's budget is its own node config 'max-epsilon'", _positive
     )
@@ -263,7 +268,8 @@ class SecAggConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: str = _opt("", "results folder (absolute); empty = runs/<timestamp> under the current directory")
+    dir: str = _opt("", "results folder; a relative path is taken from the ServerApp's working directory (give an "
+                    "absolute one to be sure); empty = runs/<timestamp> under the current directory")
     resume: bool = _opt(False, "continue the run checkpointed in output.dir from its last completed round")
     tracking: str = _opt("", "also send per-round metrics to an experiment tracker: 'tensorboard' (writes "
                          "<output.dir>/tensorboard; pip install 'fedtune[tracking]'), or empty for none",

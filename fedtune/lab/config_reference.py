@@ -23,7 +23,9 @@ Two configurations meet in a run. The **run config** is the coordinator's: a pre
 `--set KEY=VALUE` on the command line. The **node config** is each organisation's own
 (`flower-supernode --node-config FILE`, `clients/node-config.toml`): what protects its records is
 decided there, and a run config can ask a deployed node for more privacy, never less
-([threat model](../explanations/threat-model.md)).
+([threat model](../explanations/threat-model.md)). A wrong value is refused before anything starts,
+with a message naming the key and how to fix it. The same run-config defaults are the app's
+`[tool.flwr.app.config]` table in `pyproject.toml` (what `flwr run .` reads; a test keeps them equal).
 """
 
 
