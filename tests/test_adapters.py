@@ -104,3 +104,72 @@ def test_top_layers_adapts_only_the_last_layers_and_backward_stops_there(tiny_cf
     assert sorted(get_adapter_arrays(reloaded)) == sorted(trained)
     with pytest.raises(ModelError, match="lora.top-layers=3 but the model has 2 transformer layers"):
         add_lora(load_base_model(tiny_cfg.model), dataclasses.replace(tiny_cfg.lora, top_layers=3), seed=0)
+
+
+def test_the_initial_adapter_is_made_without_reading_a_base_weight_and_is_the_loaded_models(tiny_cfg, monkeypatch):
+    """The coordinator builds the start from the model's config (meta device): the same arrays a party that loads
+    the weights starts from; A drawn like PEFT's default (|A| <= 1/sqrt(fan_in)) per seed, B zero."""
+    import dataclasses
+
+    from fedtune.common import model_cache
+    from fedtune.common.model_cache import ModelCache, ModelSpec
+
+    spec = ModelSpec.of(tiny_cfg)
+    real_load = model_cache.load_base_model
+    monkeypatch.setattr(model_cache, "load_base_model", lambda *a: pytest.fail("base weights were loaded"))
+    weightless = ModelCache().initial_adapter(spec)
+    monkeypatch.setattr(model_cache, "load_base_model", real_load)
+    loading = ModelCache()
+    model, _ = loading.holding(spec, loading.initial_adapter(spec))
+    assert loading.initial_adapter(spec).keys() == weightless.keys() == get_adapter_arrays(model).keys()
+    for name, start in weightless.items():
+        assert np.array_equal(start, loading.initial_adapter(spec)[name])
+        if "lora_A" in name:
+            assert np.abs(start).max() <= 1 / np.sqrt(start.shape[1]) and np.abs(start).min() > 0
+        else:
+            assert not start.any()
+    other = ModelCache().initial_adapter(dataclasses.replace(spec, seed=spec.seed + 1))
+    assert not np.array_equal(next(iter(other.values())), next(iter(weightless.values())))
+
+
+def test_an_adapter_saved_from_the_weightless_skeleton_is_the_one_saved_from_the_loaded_model(tiny_cfg, tmp_path,
+                                                                                               monkeypatch):
+    """What the coordinator writes at the end of a run without loading the base: PEFT reloads it onto the real base
+    and gets exactly the logits of the loaded model holding the same arrays."""
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+
+    from fedtune.common import model_cache
+    from fedtune.common.model import load_base_model
+    from fedtune.common.model_cache import ModelCache, ModelSpec
+
+    spec = ModelSpec.of(tiny_cfg)
+    rng = np.random.default_rng(3)
+    start = ModelCache().initial_adapter(spec)
+    trained = {n: (a + 0.1 * rng.normal(size=a.shape)).astype(np.float32) for n, a in start.items()}
+    real_load = model_cache.load_base_model
+    monkeypatch.setattr(model_cache, "load_base_model", lambda *a: pytest.fail("base weights were loaded"))
+    light = export_adapter(ModelCache().skeleton(spec), trained, tmp_path / "light", {"model.name": tiny_cfg.model.name})
+    monkeypatch.setattr(model_cache, "load_base_model", real_load)
+    model, enc = ModelCache().holding(spec, trained)
+    full = export_adapter(model, trained, tmp_path / "full", {"model.name": tiny_cfg.model.name})
+    a, b = load_file(str(light / "adapter_model.safetensors")), load_file(str(full / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert (light / "adapter_config.json").read_text() == (full / "adapter_config.json").read_text()
+    reloaded = PeftModel.from_pretrained(load_base_model(tiny_cfg.model), str(light)).eval()
+    batch = enc.collate(enc.encode_all(generate_triage(3, seed=0)))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                           model.eval()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits)
+
+
+def test_a_coordinator_without_a_central_eval_file_starts_without_loading_the_base_model(tiny_cfg, monkeypatch):
+    from fedtune.common import model_cache
+    from fedtune.common.model_cache import ModelCache, ModelSpec
+    from fedtune.coordinator.rounds import Coordinator
+
+    monkeypatch.setattr(model_cache, "load_base_model", lambda *a: pytest.fail("base weights were loaded"))
+    coord = Coordinator(None, tiny_cfg)
+    start = ModelCache().initial_adapter(ModelSpec.of(tiny_cfg))
+    assert coord.global_arrays.keys() == start.keys()
+    assert all(np.array_equal(coord.global_arrays[n], start[n]) for n in start)

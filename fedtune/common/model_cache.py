@@ -18,7 +18,8 @@ from typing import Mapping
 
 import numpy as np
 
-from fedtune.common.adapters import get_adapter_arrays, set_adapter_arrays
+from fedtune.common.adapter_start import adapter_skeleton, lora_start
+from fedtune.common.adapters import set_adapter_arrays
 from fedtune.common.config import LoraConfigSection, ModelConfig, RunConfig
 from fedtune.common.data import PromptEncoder
 from fedtune.common.model import add_lora, load_base_model, load_tokenizer
@@ -54,6 +55,7 @@ class ModelCache:
             raise ValueError("a model cache holds at least one model")
         self._capacity = capacity
         self._loaded: "OrderedDict[ModelSpec, _Loaded]" = OrderedDict()
+        self._skeletons: dict[ModelSpec, object] = {}  # adapters built without loading the model
 
     def _get(self, spec: ModelSpec) -> _Loaded:
         if spec in self._loaded:
@@ -61,7 +63,9 @@ class ModelCache:
             return self._loaded[spec]
         tok = load_tokenizer(spec.model.name)
         model = add_lora(load_base_model(spec.model), spec.lora, spec.seed)
-        entry = _Loaded(model, PromptEncoder(tok, spec.model.max_length), get_adapter_arrays(model))
+        start = lora_start(model, spec.seed)
+        set_adapter_arrays(model, start)
+        entry = _Loaded(model, PromptEncoder(tok, spec.model.max_length), start)
         self._loaded[spec] = entry
         while len(self._loaded) > self._capacity:
             self._loaded.popitem(last=False)
@@ -72,8 +76,20 @@ class ModelCache:
         return self._get(spec).encoder
 
     def initial_adapter(self, spec: ModelSpec) -> Arrays:
-        """A fresh copy of the adapter a run starts from (LoRA B = 0: exactly the base model)."""
-        return OrderedDict((n, a.copy()) for n, a in self._get(spec).initial.items())
+        """A fresh copy of the adapter a run starts from (LoRA B = 0: exactly the base model); built from the
+        model's config alone unless the model is loaded already (``adapter_start.py``: the same arrays)."""
+        if spec in self._loaded:
+            return OrderedDict((n, a.copy()) for n, a in self._loaded[spec].initial.items())
+        return lora_start(self.skeleton(spec), spec.seed)
+
+    def skeleton(self, spec: ModelSpec):
+        """A PEFT model that can hold and save this spec's adapter: the loaded model if there is one, else one
+        whose base weights are never read (``adapter_skeleton``)."""
+        if spec in self._loaded:
+            return self._loaded[spec].model
+        if spec not in self._skeletons:
+            self._skeletons[spec] = adapter_skeleton(spec.model, spec.lora, spec.seed)
+        return self._skeletons[spec]
 
     def holding(self, spec: ModelSpec, adapter: Mapping[str, np.ndarray]):
         """(model, encoder), the model holding exactly ``adapter`` (refused unless it is this model's

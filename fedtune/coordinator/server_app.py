@@ -161,7 +161,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, run_id: int = 0) -> Pa
         finally:
             if tracker is not None:
                 tracker.close()
-        adapter = export_adapter(coord.global_model()[0], coord.global_arrays, out / "adapter", adapter_meta(cfg))
+        adapter = export_adapter(coord.models.skeleton(coord.spec), coord.global_arrays, out / "adapter",
+                                 adapter_meta(cfg))  # the base weights are not needed to write an adapter
         extra = {"adapter": str(adapter), "seconds_total": round(time.monotonic() - start, 1)}
         if stop is not None:
             extra["stopped"] = asdict(stop)
