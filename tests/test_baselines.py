@@ -25,7 +25,7 @@ def bank_run(tiny_model_dir, tmp_path_factory):
 
 def _sets(model_dir):
     return [f"model.name={json.dumps(str(model_dir))}", "model.precision=fp32", "train.batch-size=8",
-            "federation.rounds=2", "simulation.cpus-per-node=1"]
+            "federation.rounds=1", "simulation.cpus-per-node=1"]
 
 
 def test_in_process_baselines_use_the_simulated_nodes_own_splits(bank_run, tiny_model_dir):
@@ -44,7 +44,7 @@ def test_comparison_has_every_setting_on_the_same_total_steps(bank_run):
         ("base model", None), ("local-only", True), ("local-only", False), ("local-only, all held-out", True),
         ("local-only, all held-out", False), ("federated", True), ("federated", False), ("centralized", True),
         ("centralized", False)]
-    total = 2 * 3 * 3  # rounds x local-steps x nodes
+    total = 1 * 3 * 3  # rounds x local-steps x nodes
     assert all(r["steps"] == total for r in rows[1:]) and rows[0]["steps"] == 0
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and r["macro_f1"] is not None and r["loss"] > 0
