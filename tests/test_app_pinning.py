@@ -14,6 +14,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -187,15 +188,23 @@ def test_a_warm_runner_loads_the_approved_app_once_serves_each_task_and_refuses_
         paths[-1].write_bytes(fab)
     (tmp_path / "node-config.toml").write_text(f'approved-apps = "{good}"\n')
     marker = tmp_path / "marker"
-    res = subprocess.run(
+    runner = subprocess.Popen(  # the guard's pipe stays open: each task must be served as soon as its token arrives
         [sys.executable, "-I", "-c", WARM, ",".join(map(str, paths)), "--runtime-api-address", "127.0.0.1:1",
-         "--node-config", str(tmp_path / "node-config.toml"), "--expected-hash", good, "--idle-exit", "30",
+         "--node-config", str(tmp_path / "node-config.toml"), "--expected-hash", good, "--idle-exit", "600",
          str(Path(app_guard.__file__).parent)],
-        input="token-1\ntoken-2\ntoken-3\ntoken-4\n",
-        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "MARKER": str(marker)},
-        capture_output=True, text=True, timeout=300)
-    lines = [line for line in res.stdout.splitlines() if line.startswith(("REPLY", "STATUS"))]
-    assert lines[:4] == ["REPLY ok", "STATUS completed ", "REPLY ok", "STATUS completed "], res.stderr[-3000:]
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "MARKER": str(marker)})
+    runner.stdin.write("token-1\ntoken-2\ntoken-3\ntoken-4\n")  # all at once, as a busy node might
+    runner.stdin.flush()
+    lines: list[str] = []
+    timer = threading.Timer(60, runner.kill)  # a token left unread would wait for the 600-s idle exit
+    timer.start()
+    while len(lines) < 8 and (line := runner.stdout.readline()):
+        lines += [line.rstrip("\n")] if line.startswith(("REPLY", "STATUS")) else []
+    timer.cancel()
+    runner.stdin.close()
+    runner.wait(timeout=60)
+    assert lines[:4] == ["REPLY ok", "STATUS completed ", "REPLY ok", "STATUS completed "], lines
     assert lines[4] == "REPLY error" and lines[5].startswith("STATUS failed") and "not approved" in lines[5]
     assert lines[6:] == ["REPLY ok", "STATUS completed "]  # the loaded app goes on serving approved tasks
     runs = marker.read_text().splitlines()

@@ -424,8 +424,9 @@ def warm_child(args: argparse.Namespace) -> None:
         start_parent_process_monitor(args.parent_pid)
     gate = FabGate(Path(args.node_config), args.expected_hash, Path(os.environ["FLWR_HOME"]).resolve())
     app = None
-    while select.select([sys.stdin], [], [], args.idle_exit)[0]:
-        token = sys.stdin.readline().strip()
+    stdin = sys.stdin.buffer.raw  # unbuffered: a line read ahead into a buffer would be invisible to select()
+    while select.select([stdin], [], [], args.idle_exit)[0]:
+        token = stdin.readline().decode().strip()
         if not token:
             break  # the guard closed the pipe
         app = run_task(runtime_client(args.runtime_api_address, [
