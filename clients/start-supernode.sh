@@ -12,7 +12,11 @@ FEDTUNE_NODE_PORT="${FEDTUNE_NODE_PORT:-9094}"   # local only: the node's runtim
 # One ClientApp process per approved app serves task after task, so the model is loaded once, not per
 # message; it exits after this many idle seconds (frees its memory). 0: a fresh process per message.
 FEDTUNE_WARM_IDLE_EXIT="${FEDTUNE_WARM_IDLE_EXIT:-900}"
-GUARD="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/fedtune/node/app_guard.py"
+# Seconds before the SuperNode asks the coordinator again after finding no message; backs off to
+# Flower's fixed 3 s while idle, back to this when a message arrives (3: Flower's own pace).
+FEDTUNE_NODE_POLL="${FEDTUNE_NODE_POLL:-0.2}"
+NODE_CODE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/fedtune/node"
+GUARD="$NODE_CODE/app_guard.py"
 for f in ca.crt node-key node-config.toml; do
   [ -f "$FEDTUNE_NODE_DIR/$f" ] || { echo "missing $FEDTUNE_NODE_DIR/$f (see docs/guides/node-operator.md)" >&2; exit 2; }
 done
@@ -26,7 +30,8 @@ SECRET="$FEDTUNE_NODE_DIR/superexec.secret"   # only the app guard may claim the
 cd "$FEDTUNE_NODE_DIR"
 # --isolation process: the SuperNode starts no ClientApp itself; app_guard.py checks each task's
 # app hash against approved-apps before Flower's own runner installs or imports any of it.
-flower-supernode \
+# supernode_pace.py runs Flower's flower-supernode, only with a shorter wait between asks for work.
+python -I "$NODE_CODE/supernode_pace.py" --poll "$FEDTUNE_NODE_POLL" -- \
   --superlink "$FEDTUNE_SUPERLINK" --root-certificates "$FEDTUNE_NODE_DIR/ca.crt" \
   --auth-supernode-private-key "$FEDTUNE_NODE_DIR/node-key" \
   --node-config "$FEDTUNE_NODE_DIR/node-config.toml" \

@@ -86,6 +86,14 @@ def test_each_node_runs_every_message_of_the_run_in_one_warm_clientapp_process(d
         assert claimed >= 13 and log.count("_warm process") == 1 and "_clientapp process" not in log, log[-2000:]
 
 
+def test_each_nodes_supernode_runs_at_fedtunes_pace_not_flowers_fixed_three_seconds(deployment):
+    """start-supernode.sh runs flower-supernode through supernode_pace.py, which found Flower's loop it paces."""
+    for node in deployment["nodes"][:NODES]:
+        log = (node / "supernode.out").read_text()
+        assert "SuperNode paced: re-asks for work 0.2 s after an empty ask" in log, log[-2000:]
+        assert "Flower's own pace" not in log
+
+
 def test_a_node_with_an_unknown_key_is_refused(deployment):
     rogue = deployment["rogue"]
     rogue.wait(timeout=60)
