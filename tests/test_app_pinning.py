@@ -15,8 +15,10 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
@@ -163,13 +165,13 @@ def pull(client):  # Flower's pull_task_input, with the task's message, context,
     return msg, ctx, SimpleNamespace(fab_id="test/toy", fab_version="1.0.0"), SimpleNamespace(
         content=fab, hash_str=hashlib.sha256(fab).hexdigest())
 
-rc.pull_task_input = pull
 rc.push_message = lambda client, reply, context: print("REPLY", "error" if reply.has_error() else "ok", flush=True)
 rc.push_task_output = lambda client, context, sub_status, details: print("STATUS", sub_status, details, flush=True)
 heartbeat.HeartbeatSender = lambda fn: SimpleNamespace(start=lambda: None, stop=lambda: None)
 heartbeat.make_task_heartbeat_fn_http = lambda client: None
 sys.path.insert(0, sys.argv.pop())
 import app_guard
+app_guard.pull_task_input_promptly = pull
 app_guard.runtime_client = lambda *a: SimpleNamespace(close=lambda: None)
 app_guard.main()
 '''
@@ -209,3 +211,65 @@ def test_a_warm_runner_loads_the_approved_app_once_serves_each_task_and_refuses_
     assert lines[6:] == ["REPLY ok", "STATUS completed "]  # the loaded app goes on serving approved tasks
     runs = marker.read_text().splitlines()
     assert runs.count("imported") == 1 and len(runs) == 4 and len({r for r in runs if r.startswith("trained")}) == 1
+
+
+class _LateContentRuntime:
+    """The SuperNode's Runtime API as a runner sees it right after the guard claimed a task: the message's header
+    is there, its content objects only ``late`` seconds later (the SuperNode is still downloading them)."""
+
+    def __init__(self, late: float):
+        from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+        from flwr.common.serde import context_to_proto, fab_to_proto, message_to_proto, run_to_proto
+        from flwr.proto.runtime_pb2 import PullAppMessagesResponse, PullTaskInputResponse
+        from flwr.supercore.fab import Fab
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+        from flwr.supercore.run import Run
+        from flwr.app.message import remove_content_from_message
+
+        self.message = Message(RecordDict({"adapter": ArrayRecord({"w": Array(np.ones(3, np.float32))})}),
+                               dst_node_id=5, message_type="train")
+        self.message.metadata.__dict__["_message_id"] = self.message.object_id
+        context = Context(run_id=7, node_id=5, node_config={}, state=RecordDict(), run_config={})
+        self.task_input = PullTaskInputResponse(task_id=3, context=context_to_proto(context), run=run_to_proto(
+            Run.create_empty(7)), fab=fab_to_proto(Fab("h", b"fab", {})))
+        self.messages = PullAppMessagesResponse(
+            messages_list=[message_to_proto(remove_content_from_message(self.message))],
+            message_object_trees=[get_object_tree(self.message)])
+        self.objects = {k: v.deflate() for k, v in get_all_nested_objects(self.message).items()}
+        self.ready_at, self.asks = time.monotonic() + late, 0
+
+    def PullTaskInput(self, _request):
+        return self.task_input
+
+    def PullMessages(self, _request):
+        return self.messages
+
+    def PullObject(self, request):
+        from flwr.proto.message_pb2 import PullObjectResponse
+
+        self.asks += 1
+        if time.monotonic() < self.ready_at:
+            return PullObjectResponse(object_found=True, object_available=False)
+        return PullObjectResponse(object_found=True, object_available=True, object_content=self.objects[request.object_id])
+
+    def ConfirmMessageReceived(self, _request):
+        from flwr.proto.message_pb2 import ConfirmMessageReceivedResponse
+
+        return ConfirmMessageReceivedResponse()
+
+
+def test_a_warm_runner_takes_a_message_whose_content_arrives_late_within_a_second_not_flowers_seven(monkeypatch):
+    """Flower's pull_task_input retries a missing object after 1, 2, 4 s; the warm runner's retries start at
+    0.05 s, so content the SuperNode holds 0.3 s after the task was claimed is read by ≈ 0.4 s."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_task_id", "_run_id", "_node_id"):  # Flower's process-wide task identity, restored afterwards
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    runtime = _LateContentRuntime(late=0.3)
+    start = time.monotonic()
+    message, context, run, fab = app_guard.pull_task_input_promptly(runtime)
+    took = time.monotonic() - start
+    assert message.object_id == runtime.message.object_id and message.metadata.message_id == runtime.message.object_id
+    np.testing.assert_array_equal(message.content["adapter"]["w"].numpy(), np.ones(3, np.float32))
+    assert (context.run_id, context.node_id, run.run_id, fab.content) == (7, 5, 7, b"fab")
+    assert runtime.asks > 2 and took < 0.9, (runtime.asks, took)

@@ -15,6 +15,7 @@ import pytest
 
 from fedtune.common.adapters import adapter_parameters, flatten, get_adapter_arrays
 from fedtune.common.config import RunConfig
+from fedtune.common.messages import from_record, to_record
 from fedtune.common.secagg.crypto import SecAggError
 from fedtune.common.secagg.protocol import ClientSession, Trust
 from fedtune.common.secagg.roster import SimulatedRoster, simulated_signing_key
@@ -191,13 +192,9 @@ def test_more_dropouts_than_the_threshold_allows_abort_and_keep_the_global_adapt
 def _tamper_adapter_of(victim):
     def tamper(msg):  # a server trying to isolate one node's update (Pasquini et al., CCS'22)
         if msg.metadata.dst_node_id == victim and msg.metadata.message_type == "train":
-            from flwr.app import Array
-
-            rec = msg.content["adapter"]
-            name = next(iter(rec))
-            arr = rec[name].numpy().copy()
-            arr.flat[0] += 1.0
-            rec[name] = Array(arr)
+            arrays = from_record(msg.content["adapter"])
+            arrays[next(iter(arrays))].flat[0] += 1.0
+            msg.content["adapter"] = to_record(arrays)
         return msg
     return tamper
 
@@ -257,7 +254,7 @@ def test_secure_aggregation_can_be_switched_off_for_comparison(run_config, tmp_p
     size = sum(a.size for a in coord.global_arrays.values())
     for mtype, _, reply in grid.sent:
         assert mtype == "train"
-        names = list(reply.content["delta"])
+        names = list(from_record(reply.content["delta"]))
         assert names == list(coord.global_arrays)  # LoRA tensors only, never base weights
     assert all(n["bytes_sent"] >= 4 * size for n in nodes.values())
 

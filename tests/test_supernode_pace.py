@@ -1,4 +1,4 @@
-"""The node's SuperNode launcher (``fedtune/node/supernode_pace.py``) shortens only the two fixed waits of
+"""The node's SuperNode launcher (``fedtune/node/supernode_pace.py``) shortens only the fixed waits of
 Flower 1.42's SuperNode loop, and only on the loop it was written for."""
 
 from __future__ import annotations
@@ -45,12 +45,25 @@ def test_the_reply_wait_is_shortened_and_every_other_wait_is_left_alone():
     assert pacer.monotonic() <= pacer.monotonic()  # the rest of `time` is time's own
 
 
-def _loop_copy(pull):
-    """A stand-in for Flower's loop module: Flower's real loop and push functions, a scripted pull."""
+def _loop_copy(answers):
+    """A stand-in for Flower's loop module: Flower's real loop and push functions (what the pacer checks), a
+    scripted pull that, like Flower's, downloads a message's content with the module's ``pull_objects``."""
     module = types.ModuleType("loop_copy")
     module.start_client_internal = FLOWER_LOOP.start_client_internal
     module._push_messages = FLOWER_LOOP._push_messages
-    module._pull_and_store_message = pull
+    module.downloads = []
+
+    def pull_objects(object_ids, pull_object_fn, *, initial_backoff=1.0, backoff_cap=10.0):
+        module.downloads.append((initial_backoff, backoff_cap))
+        return {}
+
+    def pull_and_store(*_a, **_k):
+        run_id = next(answers)
+        if run_id is not None:
+            module.pull_objects(["content"], pull_object_fn=None)
+        return run_id
+
+    module.pull_objects, module._pull_and_store_message = pull_objects, pull_and_store
     return module
 
 
@@ -59,11 +72,11 @@ def test_the_installed_flower_loop_is_the_one_the_pacer_was_written_for():
     assert supernode_pace.loop_holds_the_known_waits(FLOWER_LOOP)
     loop = inspect.getsource(FLOWER_LOOP.start_client_internal)
     assert "run_id = _pull_and_store_message(" in loop and "time.sleep(3)" in loop
+    assert "obj_contents = pull_objects(" in inspect.getsource(FLOWER_LOOP._pull_and_store_message)
 
 
-def test_pacing_swaps_only_the_loops_clock_and_a_pulled_message_resets_the_backoff():
-    answers = iter([None, None, 7, None])
-    module = _loop_copy(lambda *a, **k: next(answers))
+def test_pacing_swaps_only_the_loops_clock_and_downloads_and_a_pulled_message_resets_the_backoff():
+    module = _loop_copy(iter([None, None, 7, None]))
     real_sleep = time.sleep
     pacer = pace(module, 0.2)
     assert module.time is pacer and time.sleep is real_sleep and FLOWER_LOOP.time is time
@@ -73,10 +86,12 @@ def test_pacing_swaps_only_the_loops_clock_and_a_pulled_message_resets_the_backo
         if module._pull_and_store_message() is None:
             module.time.sleep(3)
     assert slept == [0.2, 0.2 * 1.25, 0.2]  # the third ask got run 7: the fourth empty ask waits 0.2 s again
+    assert module.downloads == [(supernode_pace.PULL_FIRST_RETRY, supernode_pace.PULL_RETRY_CAP)]
+    assert supernode_pace.PULL_FIRST_RETRY < 1.0  # Flower's first retry
 
 
 def test_a_loop_with_other_waits_is_left_at_flowers_own_pace(caplog):
-    module = _loop_copy(lambda *a, **k: None)
+    module = _loop_copy(iter([]))
     module.start_client_internal = lambda: None  # a loop without Flower's fixed idle wait
     before = dict(vars(module))
     assert pace(module, 0.2) is None

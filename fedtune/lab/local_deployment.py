@@ -137,8 +137,10 @@ def _start(base: Path, coord: Path, port: int, env: dict, procs: Processes, node
     link = procs.start(["bash", ROOT / "server" / "start-superlink.sh"], env, log)
     wait_healthy(port, coord / "certs" / "ca.crt", link, log)
     _prepare_nodes(deployment, node_records, len(node_records) - unadmitted, node_settings)
+    # nodes on one machine share its cores: each gets its share of torch's threads, unless the caller set them
+    threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(nodes)))}
     for node_dir in nodes:
-        one_env = {**env, **node_env, "FEDTUNE_NODE_DIR": str(node_dir), "FEDTUNE_SUPERLINK": f"127.0.0.1:{port}",
+        one_env = {**threads, **env, **node_env, "FEDTUNE_NODE_DIR": str(node_dir), "FEDTUNE_SUPERLINK": f"127.0.0.1:{port}",
                    "FEDTUNE_NODE_PORT": str(free_port())}
         deployment.supernodes.append(procs.start(["bash", ROOT / "clients" / "start-supernode.sh"], one_env,
                                                  node_dir / "supernode.out"))

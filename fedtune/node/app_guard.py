@@ -437,6 +437,33 @@ def warm_child(args: argparse.Namespace) -> None:
     log.info("warm ClientApp runner for %s exits", args.expected_hash)
 
 
+# The SuperNode queues a task as soon as a message's header arrives, before it has its content; Flower's
+# pull_task_input then retries a missing object after 1, 2, 4 s (flwr 1.42 PULL_INITIAL_BACKOFF = 1), which cost
+# a warm runner 7-8 s on most train and evaluate messages.  Retrying from 0.05 s costs at most ~1 s late.
+PULL_FIRST_RETRY, PULL_RETRY_CAP = 0.05, 1.0
+
+
+def pull_task_input_promptly(client: RuntimeHttpClient) -> tuple[Message, Any, Any, Any]:
+    """Flower's ``pull_task_input`` (supernode/runtime/run_clientapp.py, 1.42), step for step with the names it
+    uses, except that a message object the SuperNode does not hold yet is retried from ``PULL_FIRST_RETRY`` s."""
+    from flwr.supernode.runtime import run_clientapp as rc  # pylint: disable=import-outside-toplevel
+
+    res = client.PullTaskInput(rc.PullTaskInputRequest())
+    rc.TaskIdentity.task_id, rc.TaskIdentity.run_id = res.task_id, res.run.run_id
+    rc.TaskIdentity.node_id = res.context.node_id
+    context, run, fab = rc.context_from_proto(res.context), rc.run_from_proto(res.run), rc.fab_from_proto(res.fab)
+    pulled = client.PullMessages(rc.PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = rc.Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = rc.pull_and_inflate_object_from_tree(
+        tree, rc.make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        rc.make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=PULL_FIRST_RETRY, backoff_cap=PULL_RETRY_CAP)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower does: the deflated message lacks it
+    return message, context, run, fab
+
+
 def run_task(client: RuntimeHttpClient, gate: FabGate, app: Any) -> Any:
     """One task, as Flower's run_clientapp runs it (supernode/runtime/run_clientapp.py:81-236): the app is
     installed and loaded on the first task only.  Returns the loaded app (None if loading failed)."""
@@ -444,21 +471,25 @@ def run_task(client: RuntimeHttpClient, gate: FabGate, app: Any) -> Any:
     from flwr.cli.install import install_from_fab
     from flwr.clientapp.utils import get_load_client_app_fn
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     message = context = reply = None
     status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+    times = [time.monotonic()]
     try:
-        message, context, run, fab = pull_task_input(client)
+        message, context, run, fab = pull_task_input_promptly(client)
+        times.append(time.monotonic())
         if app is None:
             gate.install(install_from_fab, fab.content, skip_prompt=True)
             load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
             app = gate.loaded(load(run.fab_id, run.fab_version, fab.hash_str))
         else:
             gate.check(fab.content)
+        times.append(time.monotonic())
         reply = app(message=message, context=context)
+        times.append(time.monotonic())
         status, details = SubStatus.COMPLETED, ""
     except Exception as ex:  # pylint: disable=broad-exception-caught
         log.error("ClientApp task failed", exc_info=ex)
@@ -474,6 +505,10 @@ def run_task(client: RuntimeHttpClient, gate: FabGate, app: Any) -> Any:
         push_task_output(client, context=context, sub_status=status, details=details)
         heartbeat.stop()
         client.close()
+        times.append(time.monotonic())
+        kind = message.metadata.message_type if message is not None else "?"
+        steps = " ".join(f"{step} {b - a:.2f}" for step, a, b in zip(("pull", "check", "app", "push"), times, times[1:]))
+        log.info("%s task %s in %.2f s (%s)", kind, status, times[-1] - times[0], steps)
     return app
 
 

@@ -1,18 +1,21 @@
 """Run Flower's SuperNode with a shorter wait between its asks for work.
 
 Why this exists: flwr 1.42's SuperNode loop (``supernode/start_client_internal.py``) sleeps a fixed
-3 s whenever it asks the SuperLink for a message and none is there, and polls every 0.5 s for the
-ClientApp's reply; neither is a setting.  A deployed round has 6 messages per node (train, 4 SecAgg+
+3 s whenever it asks the SuperLink for a message and none is there, polls every 0.5 s for the
+ClientApp's reply, and retries content not uploaded yet after 1, 2, 4 s; none is a setting.  A deployed round has 6 messages per node (train, 4 SecAgg+
 stages, evaluate), and each next message is sent about a second after the node's reply, just after
 the node went to sleep, so Flower's pace alone cost ≈ 18 s per round (``benchmarks/deploy_overhead.py``).
 
 This launcher runs Flower's own ``flower-supernode`` entry point unchanged except for the pace of
-those two waits in that one module:
+the waits in that one module:
 
 - an empty ask backs off from ``--poll`` seconds (default 0.2) by ×1.25 per empty ask up to Flower's
   3 s, and starts again at ``--poll`` once a message arrives: fast between the stages of a round, no
   more load than Flower's own on the SuperLink while a node idles;
-- the wait for the ClientApp's reply polls the node's in-memory state every 0.05 s instead of 0.5 s.
+- the wait for the ClientApp's reply polls the node's in-memory state every 0.05 s instead of 0.5 s;
+- a message whose content the SuperLink does not hold yet is asked for again after 0.05 s, doubling up to
+  1 s, instead of after 1, 2, 4 s (Flower's ``pull_objects`` defaults, which the node's prompt asks kept
+  running into: 3–5 s per train and evaluate message).
 
 It touches nothing else (transport, authentication, FAB handling are Flower's).  If the installed
 Flower's loop does not hold the waits it was written for, it says so and runs Flower unpaced rather
@@ -29,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import logging
 import sys
@@ -40,6 +44,9 @@ FLOWER_IDLE_WAIT = 3.0  # flwr 1.42: `time.sleep(3)` after an empty ask (start_c
 FLOWER_REPLY_WAIT = 0.5  # flwr 1.42: `time.sleep(0.5)` while waiting for the ClientApp's reply
 REPLY_WAIT = 0.05
 BACKOFF = 1.25
+# flwr 1.42 retries a message object the SuperLink does not hold yet after 1, 2, 4 ... s (PULL_INITIAL_BACKOFF);
+# a node asking promptly often sees a message before the coordinator finished uploading its content
+PULL_FIRST_RETRY, PULL_RETRY_CAP = 0.05, 1.0
 
 log = logging.getLogger("fedtune.supernode_pace")
 
@@ -74,10 +81,12 @@ def loop_holds_the_known_waits(module) -> bool:
     try:
         loop = inspect.getsource(module.start_client_internal)
         push = inspect.getsource(module._push_messages)
-        inspect.getsource(module._pull_and_store_message)
+        callable(module._pull_and_store_message)
     except (AttributeError, OSError, TypeError):
         return False
-    return loop.count("time.sleep(") == 1 and "time.sleep(3)" in loop and "time.sleep(0.5)" in push
+    pulls = inspect.signature(module.pull_objects).parameters
+    return (loop.count("time.sleep(") == 1 and "time.sleep(3)" in loop and "time.sleep(0.5)" in push
+            and {"initial_backoff", "backoff_cap"} <= set(pulls))
 
 
 def pace(module, poll: float) -> Pacer | None:
@@ -98,8 +107,11 @@ def pace(module, poll: float) -> Pacer | None:
 
     module.time = pacer
     module._pull_and_store_message = pull_and_note
+    module.pull_objects = functools.partial(module.pull_objects, initial_backoff=PULL_FIRST_RETRY,
+                                            backoff_cap=PULL_RETRY_CAP)
     log.info("SuperNode paced: re-asks for work %.2g s after an empty ask, backing off to %g s; "
-             "waits for its ClientApp's reply in %g s steps", poll, FLOWER_IDLE_WAIT, REPLY_WAIT)
+             "waits for its ClientApp's reply in %g s steps; re-asks for content not uploaded yet from %g s",
+             poll, FLOWER_IDLE_WAIT, REPLY_WAIT, PULL_FIRST_RETRY)
     return pacer
 
 
@@ -119,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="-- then the flower-supernode arguments")
     args = parser.parse_args(argv)
     rest = args.supernode_args[1:] if args.supernode_args[:1] == ["--"] else args.supernode_args
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # this logger only: the root's level stays Flower's business
+    handler.setFormatter(logging.Formatter("%(asctime)s supernode_pace[%(process)d] %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     import importlib
 
     from flwr.supernode.cli import flower_supernode
