@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from fedtune.node import app_guard
+from fedtune.node import app_guard, supernode_pace
 
 pytestmark = pytest.mark.adversarial
 
@@ -72,10 +72,11 @@ def test_approved_apps_are_read_from_the_node_config(tmp_path):
     assert app_guard.load_approved(config) == {"a" * 64, "b" * 64}
 
 
-def test_the_guard_imports_only_flwr_and_the_standard_library():
+@pytest.mark.parametrize("script", [app_guard, supernode_pace], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_the_guard_and_the_supernode_launcher_import_only_flwr_and_the_standard_library(script):
     """The runner must load the app's modules from the verified FAB: importing fedtune here would
-    put the node's installed copy in sys.modules first."""
-    tree = ast.parse(Path(app_guard.__file__).read_text())
+    put the node's installed copy in sys.modules first (both run as ``python -I`` files beside it)."""
+    tree = ast.parse(Path(script.__file__).read_text())
     roots = {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert roots - {"__future__"} <= set(sys.stdlib_module_names) | {"flwr"}, roots

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import inspect
 import logging
 import sys
@@ -78,13 +79,14 @@ class Pacer:
 
 def loop_holds_the_known_waits(module) -> bool:
     """Whether Flower's SuperNode loop still has exactly the waits this pacer was written for."""
-    try:
-        loop = inspect.getsource(module.start_client_internal)
-        push = inspect.getsource(module._push_messages)
-        callable(module._pull_and_store_message)
-    except (AttributeError, OSError, TypeError):
+    if not all(hasattr(module, name) for name in ("start_client_internal", "_push_messages",
+                                                   "_pull_and_store_message", "pull_objects")):
         return False
-    pulls = inspect.signature(module.pull_objects).parameters
+    try:
+        loop, push = inspect.getsource(module.start_client_internal), inspect.getsource(module._push_messages)
+        pulls = inspect.signature(module.pull_objects).parameters
+    except (OSError, TypeError, ValueError):
+        return False
     return (loop.count("time.sleep(") == 1 and "time.sleep(3)" in loop and "time.sleep(0.5)" in push
             and {"initial_backoff", "backoff_cap"} <= set(pulls))
 
@@ -135,9 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s supernode_pace[%(process)d] %(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    import importlib
-
-    from flwr.supernode.cli import flower_supernode
+    from flwr.supernode.cli import flower_supernode  # pylint: disable=import-outside-toplevel
 
     if args.poll < FLOWER_IDLE_WAIT:
         pace(importlib.import_module("flwr.supernode.start_client_internal"), args.poll)
