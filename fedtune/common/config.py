@@ -74,6 +74,11 @@ class ModelConfig:
     quantization: str = _opt(
         "none", "base weights: none (fp32) or 4bit (QLoRA: NF4 base via bitsandbytes, LoRA and DP-SGD in fp32; needs "
         "a CUDA GPU and bitsandbytes: pip install 'fedtune[gpu]')", _one_of("none", "4bit"))
+    gradient_checkpointing: bool = _opt(
+        False, "recompute each adapted layer's activations in the backward pass instead of keeping them: less "
+        "memory for long records, large batches or large models, for one more forward of the adapted layers per "
+        "backward pass (ghost clipping makes two); exact, DP-SGD included (Opacus sees each layer's activations "
+        "once per backward, in the recomputation)")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 
 from fedtune.common import frozen_prefix
 from fedtune.common.config import LoraConfigSection, ModelConfig
@@ -151,8 +152,9 @@ def _quantized(target: torch.device) -> dict:
     return {"quantization_config": config, "device_map": {"": target.index or 0}, "dtype": torch.float32}
 
 
-def add_lora(model, cfg: LoraConfigSection, seed: int):
-    """Wrap ``model`` with a fresh LoRA adapter; A is seeded-random, B is zero (so output = base)."""
+def add_lora(model, cfg: LoraConfigSection, seed: int, gradient_checkpointing: bool = False):
+    """Wrap ``model`` with a fresh LoRA adapter; A is seeded-random, B is zero (so output = base).
+    ``gradient_checkpointing``: the adapted layers recompute their activations in the backward pass."""
     from peft import LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -178,7 +180,36 @@ def add_lora(model, cfg: LoraConfigSection, seed: int):
                 param.requires_grad_(False)
     if adapted:  # the layers below the adapter are frozen: run them once per record (exact, bounded memory)
         frozen_prefix.attach(peft_model, adapted[0])
+    if gradient_checkpointing:
+        checkpoint_adapted_layers(peft_model, adapted[0] if adapted else 0)
     return peft_model
+
+
+def checkpoint_adapted_layers(peft_model, first_adapted: int) -> None:
+    """Recompute each adapted decoder layer in the backward pass instead of keeping its activations.
+
+    Reentrant checkpointing on purpose: its first forward runs without autograd, so Opacus's hooks (which
+    skip a forward without grad) capture a LoRA layer's activations once, in the recomputation, exactly as
+    DP-SGD needs them; a non-reentrant checkpoint would capture them twice.  Reentrant checkpointing needs an
+    input that requires grad: the first adapted layer's input is made one (nothing below it trains)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = getattr(getattr(peft_model.get_base_model(), "model", None), "layers", None)
+    if layers is None or not all(isinstance(layer, GradientCheckpointingLayer) for layer in layers):
+        raise ModelError("model.gradient-checkpointing: this model's decoder layers do not support it (it needs "
+                         "a transformers decoder whose layers are GradientCheckpointingLayer, e.g. Llama, Qwen, "
+                         "Mistral); set model.gradient-checkpointing = false")
+    recompute = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=True)
+    for layer in layers[first_adapted:]:  # transformers' own switch (GradientCheckpointingLayer), per layer
+        layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, recompute
+    layers[first_adapted].register_forward_pre_hook(_input_requires_grad)
+
+
+def _input_requires_grad(_layer, args):
+    """The hidden states entering the first checkpointed layer, as a leaf that requires grad (training only)."""
+    if args and torch.is_grad_enabled() and isinstance(args[0], torch.Tensor) and not args[0].requires_grad:
+        return (args[0].detach().requires_grad_(True), *args[1:])
+    return None
 
 
 def _top_layers(model, top: int) -> list[int] | None:

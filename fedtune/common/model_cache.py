@@ -62,7 +62,7 @@ class ModelCache:
             self._loaded.move_to_end(spec)
             return self._loaded[spec]
         tok = load_tokenizer(spec.model.name)
-        model = add_lora(load_base_model(spec.model), spec.lora, spec.seed)
+        model = add_lora(load_base_model(spec.model), spec.lora, spec.seed, spec.model.gradient_checkpointing)
         start = lora_start(model, spec.seed)
         set_adapter_arrays(model, start)
         entry = _Loaded(model, PromptEncoder(tok, spec.model.max_length), start)
