@@ -63,6 +63,7 @@ def test_an_adapter_travels_as_a_handful_of_flower_objects_not_two_per_tensor(mo
     (b'[["a",[-1]],["b",[4]]]', np.zeros(3, np.float32), "does not fit"),
     (b'[["a",[3]]]', np.zeros((1, 3), np.float32), "does not fit"),
     (b'[[1,[3]]]', np.zeros(3, np.float32), "does not fit"),
+    (b'[["a",[4294967296,4294967296]],["b",[3]]]', np.zeros(3, np.float32), "does not fit"),  # 2^64 + 3 values
 ])
 def test_a_malformed_packed_record_is_refused_with_what_is_wrong(layout, values, why):
     record = ArrayRecord(OrderedDict([(PACKED_LAYOUT, Array(np.frombuffer(layout, np.uint8))),

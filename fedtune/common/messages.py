@@ -8,6 +8,7 @@ coordinator can read.  Driving the Grid (send, collect, wait) is the coordinator
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from typing import Mapping
 
@@ -51,7 +52,7 @@ def from_record(record: ArrayRecord) -> "OrderedDict[str, np.ndarray]":
     except (ValueError, TypeError) as exc:
         raise ValueError(f"a packed array record with an unreadable layout: {exc}") from exc
     values = record[PACKED_VALUES].numpy()
-    sizes = [int(np.prod(shape)) for shape in shapes]
+    sizes = [math.prod(shape) for shape in shapes]  # Python ints: a forged huge shape cannot wrap around
     if (values.ndim != 1 or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names)
             or any(d < 0 for shape in shapes for d in shape) or sum(sizes) != values.size):
         raise ValueError(f"a packed array record whose layout ({len(names)} arrays, {sum(sizes)} values) does not "
