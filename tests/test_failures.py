@@ -120,6 +120,28 @@ def test_aggregate_of_the_wrong_shape_is_rejected_in_the_clear(run_config, monke
     assert all(np.array_equal(coord.global_arrays[n], a) for n, a in before.items())
 
 
+def test_a_node_sending_a_forged_packed_delta_is_rejected_and_the_round_goes_on_in_the_clear(run_config):
+    """Without SecAgg+ a node's delta arrives as a packed record; one whose layout lies is that node's rejected
+    update, not the coordinator's crash."""
+    from flwr.app import Array, ArrayRecord
+
+    from fedtune.common.messages import PACKED_LAYOUT, PACKED_VALUES
+
+    cfg = RunConfig.from_flat({**run_config, "secagg.enabled": False, "federation.min-nodes": 2})
+    grid = LoopbackGrid(3, cfg.to_flat())
+    liar = grid.node_ids[1]
+
+    def forge(mtype, nid, reply, _context):
+        if mtype == "train" and nid == liar and not reply.has_error():
+            reply.content["delta"] = ArrayRecord({PACKED_LAYOUT: Array(np.frombuffer(b'[["a",[Infinity]]]', np.uint8)),
+                                                  PACKED_VALUES: Array(np.zeros(4, np.float32))})
+    grid.observe = forge
+    nodes: dict = {}
+    summary = Coordinator(grid, cfg, run_id=7).train(1, nodes)
+    assert summary["aggregation"] == "fedavg" and summary["aggregated"] == 2
+    assert nodes[str(liar)]["status"] == "rejected" and "Infinity is not a number" in nodes[str(liar)]["error"]
+
+
 def test_a_round_that_keeps_failing_stops_the_run_with_its_checkpoint(run_config, tmp_path, monkeypatch):
     def always_inf(self, adverts):
         result = real_run(self, adverts)

@@ -57,13 +57,22 @@ def test_an_adapter_travels_as_a_handful_of_flower_objects_not_two_per_tensor(mo
 
 
 @pytest.mark.parametrize("layout, values, why", [
-    (b"not json", np.zeros(3, np.float32), "unreadable layout"),
+    (b"not json", np.zeros(3, np.float32), "malformed layout: Expecting value"),
     (b'[["a",[2]],["b",[2]]]', np.zeros(3, np.float32), "does not fit its 3 values"),
     (b'[["a",[1]],["a",[2]]]', np.zeros(3, np.float32), "repeats a name"),
-    (b'[["a",[-1]],["b",[4]]]', np.zeros(3, np.float32), "does not fit"),
+    (b'[["a",[-1]],["b",[4]]]', np.zeros(3, np.float32), "is not \\[name"),
     (b'[["a",[3]]]', np.zeros((1, 3), np.float32), "does not fit"),
-    (b'[[1,[3]]]', np.zeros(3, np.float32), "does not fit"),
+    (b'[[1,[3]]]', np.zeros(3, np.float32), "is not \\[name"),
     (b'[["a",[4294967296,4294967296]],["b",[3]]]', np.zeros(3, np.float32), "does not fit"),  # 2^64 + 3 values
+    (b'[["a",[Infinity]]]', np.zeros(3, np.float32), "Infinity is not a number"),
+    (b"[" * 100_000, np.zeros(3, np.float32), "malformed layout"),  # nested past the JSON parser's recursion limit
+    (b'[[[1],[1]]]', np.zeros(1, np.float32), "is not \\[name"),
+    (b'[["a",[1.9]]]', np.zeros(1, np.float32), "is not \\[name"),
+    (b'["a1"]', np.zeros(1, np.float32), "is not \\[name"),
+    (b'[["a",[true]]]', np.zeros(1, np.float32), "is not \\[name"),
+    (b'[["a",[0,1000000000000000000000000000000]]]', np.zeros(0, np.float32), "is not \\[name"),
+    (b'{"a":[3]}', np.zeros(3, np.float32), "not a list"),
+    (b"[" + b'["a",[0]],' * 70_000 + b'["b",[0]]]', np.zeros(0, np.float32), "not a list of at most"),
 ])
 def test_a_malformed_packed_record_is_refused_with_what_is_wrong(layout, values, why):
     record = ArrayRecord(OrderedDict([(PACKED_LAYOUT, Array(np.frombuffer(layout, np.uint8))),

@@ -51,8 +51,8 @@ def _loop_copy(answers):
     module._push_messages = FLOWER_LOOP._push_messages
     module.downloads = []
 
-    def pull_objects(object_ids, pull_object_fn, *, initial_backoff=1.0, backoff_cap=10.0):
-        module.downloads.append((initial_backoff, backoff_cap))
+    def pull_objects(object_ids, pull_object_fn, *, initial_backoff=1.0, backoff_cap=10.0, max_tries_per_object=500):
+        module.downloads.append((initial_backoff, backoff_cap, max_tries_per_object))
         return {}
 
     def pull_and_store(*_a, **_k):
@@ -84,7 +84,7 @@ def test_pacing_swaps_only_the_loops_clock_and_downloads_and_a_pulled_message_re
         if module._pull_and_store_message() is None:
             module.time.sleep(3)
     assert slept == [0.2, 0.2 * 1.25, 0.2]  # the third ask got run 7: the fourth empty ask waits 0.2 s again
-    assert module.downloads == [(supernode_pace.PULL_FIRST_RETRY, supernode_pace.PULL_RETRY_CAP)]
+    assert module.downloads == [(supernode_pace.PULL_FIRST_RETRY, supernode_pace.PULL_RETRY_CAP, None)]
     assert supernode_pace.PULL_FIRST_RETRY < 1.0  # Flower's first retry
 
 
@@ -100,7 +100,7 @@ def test_a_loop_with_other_waits_is_left_at_flowers_own_pace(caplog):
 def test_a_poll_outside_what_makes_sense_is_refused_with_the_range(poll):
     out = subprocess.run([sys.executable, "-I", supernode_pace.__file__, "--poll", poll, "--", "--help"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--poll" in out.stderr
+    assert out.returncode == 2 and "give seconds between 0.01 and 3" in out.stderr, out.stderr
 
 
 def test_the_launcher_hands_its_arguments_to_flowers_supernode():

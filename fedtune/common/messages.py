@@ -42,23 +42,51 @@ def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
                                     (PACKED_VALUES, Array(values))]))
 
 
+MAX_PACKED_ARRAYS = 1 << 16  # a LoRA adapter of an 8 B model on every linear layer has ~450 tensors
+MAX_DIM = 1 << 40
+
+
 def from_record(record: ArrayRecord) -> "OrderedDict[str, np.ndarray]":
-    """The named arrays of a record ``to_record`` made (packed or not); ValueError if a packed one is malformed."""
+    """The named arrays of a record ``to_record`` made (packed or not).  A packed record comes from the other
+    side of the federation: anything but a well-formed layout that fits its values is a ValueError."""
     if set(record.keys()) != {PACKED_LAYOUT, PACKED_VALUES}:
         return OrderedDict((n, a.numpy()) for n, a in record.items())
-    try:
-        layout = json.loads(record[PACKED_LAYOUT].numpy().tobytes())
-        names, shapes = [n for n, _ in layout], [tuple(int(d) for d in shape) for _, shape in layout]
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"a packed array record with an unreadable layout: {exc}") from exc
+    names, shapes = _layout(record[PACKED_LAYOUT].numpy().tobytes())
     values = record[PACKED_VALUES].numpy()
     sizes = [math.prod(shape) for shape in shapes]  # Python ints: a forged huge shape cannot wrap around
-    if (values.ndim != 1 or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names)
-            or any(d < 0 for shape in shapes for d in shape) or sum(sizes) != values.size):
+    if values.ndim != 1 or sum(sizes) != values.size:
         raise ValueError(f"a packed array record whose layout ({len(names)} arrays, {sum(sizes)} values) does not "
-                         f"fit its {values.size} values or repeats a name")
+                         f"fit its {values.size} values")
     parts = np.split(values, np.cumsum(sizes)[:-1]) if sizes else []
     return OrderedDict((n, part.reshape(shape)) for n, part, shape in zip(names, parts, shapes))
+
+
+def _layout(raw: bytes) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Names and shapes of a packed record: a JSON list of [name, [dims...]], distinct string names,
+    non-negative integer dims, at most MAX_PACKED_ARRAYS entries; anything else is a ValueError."""
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"a packed array record with a malformed layout: {why}")
+
+    try:
+        layout = json.loads(raw, parse_constant=_not_a_number)
+    except (ValueError, RecursionError) as exc:
+        raise refuse(str(exc)[:200]) from None
+    if not isinstance(layout, list) or len(layout) > MAX_PACKED_ARRAYS:
+        raise refuse(f"not a list of at most {MAX_PACKED_ARRAYS} entries")
+    names, shapes = [], []
+    for entry in layout:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], list)
+                and all(type(d) is int and 0 <= d <= MAX_DIM for d in entry[1])):
+            raise refuse(f"an entry {str(entry)[:80]} is not [name, [non-negative integer dims]]")
+        names.append(entry[0])
+        shapes.append(tuple(entry[1]))
+    if len(set(names)) != len(names):
+        raise refuse("it repeats a name")
+    return names, shapes
+
+
+def _not_a_number(constant: str):
+    raise ValueError(f"{constant} is not a number")
 
 
 def error_reply(msg: Message, reason: str) -> Message:

@@ -188,10 +188,10 @@ class Coordinator:
                     _fail(e, "rejected", f"train: bad key advertisement: {exc}")
                     return
             else:
-                d = from_record(reply.content["delta"])
                 try:
+                    d = from_record(reply.content["delta"])
                     check_arrays(self.trained(), d)
-                except AdapterMismatch as exc:
+                except (KeyError, TypeError, ValueError, AdapterMismatch) as exc:  # a node may send anything
                     _fail(e, "rejected", f"train: bad update: {exc}")
                     log(WARNING, "[round %d] rejected update from %s: %s", rnd, e["name"], exc)
                     return

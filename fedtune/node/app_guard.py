@@ -459,7 +459,8 @@ def pull_task_input_promptly(client: RuntimeHttpClient) -> tuple[Message, Any, A
     message = rc.pull_and_inflate_object_from_tree(
         tree, rc.make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         rc.make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
-        return_type=Message, initial_backoff=PULL_FIRST_RETRY, backoff_cap=PULL_RETRY_CAP)
+        return_type=Message, initial_backoff=PULL_FIRST_RETRY, backoff_cap=PULL_RETRY_CAP,
+        max_tries_per_object=None)  # bounded by Flower's time limit (2 h), as its own retries are
     message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower does: the deflated message lacks it
     return message, context, run, fab
 
@@ -477,19 +478,20 @@ def run_task(client: RuntimeHttpClient, gate: FabGate, app: Any) -> Any:
     heartbeat.start()
     message = context = reply = None
     status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
-    times = [time.monotonic()]
+    start = time.monotonic()
+    times = [("start", start)]  # (step just finished, when): a failed step simply has no entry
     try:
         message, context, run, fab = pull_task_input_promptly(client)
-        times.append(time.monotonic())
+        times.append(("pull", time.monotonic()))
         if app is None:
             gate.install(install_from_fab, fab.content, skip_prompt=True)
             load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
             app = gate.loaded(load(run.fab_id, run.fab_version, fab.hash_str))
         else:
             gate.check(fab.content)
-        times.append(time.monotonic())
+        times.append(("check", time.monotonic()))
         reply = app(message=message, context=context)
-        times.append(time.monotonic())
+        times.append(("app", time.monotonic()))
         status, details = SubStatus.COMPLETED, ""
     except Exception as ex:  # pylint: disable=broad-exception-caught
         log.error("ClientApp task failed", exc_info=ex)
@@ -505,10 +507,10 @@ def run_task(client: RuntimeHttpClient, gate: FabGate, app: Any) -> Any:
         push_task_output(client, context=context, sub_status=status, details=details)
         heartbeat.stop()
         client.close()
-        times.append(time.monotonic())
+        times.append(("push", time.monotonic()))
         kind = message.metadata.message_type if message is not None else "?"
-        steps = " ".join(f"{step} {b - a:.2f}" for step, a, b in zip(("pull", "check", "app", "push"), times, times[1:]))
-        log.info("%s task %s in %.2f s (%s)", kind, status, times[-1] - times[0], steps)
+        steps = " ".join(f"{step} {t - before:.2f}" for (_, before), (step, t) in zip(times, times[1:]))
+        log.info("%s task %s in %.2f s (%s)", kind, status, times[-1][1] - start, steps)
     return app
 
 

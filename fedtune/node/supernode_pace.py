@@ -12,10 +12,12 @@ the waits in that one module:
 - an empty ask backs off from ``--poll`` seconds (default 0.2) by ×1.25 per empty ask up to Flower's
   3 s, and starts again at ``--poll`` once a message arrives: fast between the stages of a round, no
   more load than Flower's own on the SuperLink while a node idles;
-- the wait for the ClientApp's reply polls the node's in-memory state every 0.05 s instead of 0.5 s;
+- the waits for the ClientApp's reply and for its content (``_push_messages``) poll the node's in-memory
+  state every 0.05 s instead of 0.5 s;
 - a message whose content the SuperLink does not hold yet is asked for again after 0.05 s, doubling up to
   1 s, instead of after 1, 2, 4 s (Flower's ``pull_objects`` defaults, which the node's prompt asks kept
-  running into: 3–5 s per train and evaluate message).
+  running into: 3–5 s per train and evaluate message), for as long as Flower's own limit (2 h), not a
+  number of tries.
 
 It touches nothing else (transport, authentication, FAB handling are Flower's).  If the installed
 Flower's loop does not hold the waits it was written for, it says so and runs Flower unpaced rather
@@ -88,7 +90,7 @@ def loop_holds_the_known_waits(module) -> bool:
     except (OSError, TypeError, ValueError):
         return False
     return (loop.count("time.sleep(") == 1 and "time.sleep(3)" in loop and "time.sleep(0.5)" in push
-            and {"initial_backoff", "backoff_cap"} <= set(pulls))
+            and {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= set(pulls))
 
 
 def pace(module, poll: float) -> Pacer | None:
@@ -109,8 +111,8 @@ def pace(module, poll: float) -> Pacer | None:
 
     module.time = pacer
     module._pull_and_store_message = pull_and_note
-    module.pull_objects = functools.partial(module.pull_objects, initial_backoff=PULL_FIRST_RETRY,
-                                            backoff_cap=PULL_RETRY_CAP)
+    module.pull_objects = functools.partial(  # no try limit: Flower's time limit (2 h) still bounds the wait
+        module.pull_objects, initial_backoff=PULL_FIRST_RETRY, backoff_cap=PULL_RETRY_CAP, max_tries_per_object=None)
     log.info("SuperNode paced: re-asks for work %.2g s after an empty ask, backing off to %g s; "
              "waits for its ClientApp's reply in %g s steps; re-asks for content not uploaded yet from %g s",
              poll, FLOWER_IDLE_WAIT, REPLY_WAIT, PULL_FIRST_RETRY)
@@ -118,7 +120,10 @@ def pace(module, poll: float) -> Pacer | None:
 
 
 def _poll_seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.01 <= value <= FLOWER_IDLE_WAIT:
         raise argparse.ArgumentTypeError(f"--poll {text}: give seconds between 0.01 and {FLOWER_IDLE_WAIT:g}")
     return value
