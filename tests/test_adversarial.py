@@ -89,6 +89,33 @@ def test_a_run_with_dp_switched_off_is_refused_and_nothing_is_trained_or_sent(de
     assert all(_ledgers(c) == [] for c in configs)
 
 
+@pytest.mark.parametrize("layout, values", [
+    (b'[["base_model.model.lm_head.weight",[4294967296,4294967296]]]', 0),  # a product that wraps to 0 in int64
+    (b'[["a",[Infinity]]]', 3),
+    (b"[" * 100_000, 3),
+])
+def test_a_forged_packed_adapter_is_refused_before_any_training_and_nothing_is_spent(deployed, layout, values):
+    """The adapter travels packed (one vector + its layout): a layout that lies is an error reply, no record read."""
+    from flwr.app import Array, ArrayRecord
+
+    from fedtune.common.messages import PACKED_LAYOUT, PACKED_VALUES
+
+    grid, coord, configs = deployed()
+
+    def forge(msg):
+        if msg.metadata.message_type == "train":
+            msg.content["adapter"] = ArrayRecord({PACKED_LAYOUT: Array(np.frombuffer(layout, np.uint8)),
+                                                  PACKED_VALUES: Array(np.zeros(values, np.float32))})
+        return msg
+    grid.tamper = forge
+    nodes: dict = {}
+    summary = coord.train(1, nodes)
+    assert summary["aggregated"] == 0 and all(n["status"] == "error" for n in nodes.values()), nodes
+    assert all("ValueError" in n["error"] for n in nodes.values())  # the reason stays in the node's own log
+    assert all(_ledgers(c) == [] for c in configs)  # nothing trained, no budget spent
+    assert CANARY not in _everything_sent(grid)
+
+
 def test_new_run_keys_never_restart_a_nodes_budget_on_the_same_records(deployed):
     grid, coord, configs = deployed()
     first: dict = {}
