@@ -1,8 +1,8 @@
 """What the frozen LoRA A of FFA-LoRA (``lora.freeze-a``) passes on, and where the clip bound sits.
 
 With A frozen, each adapted module's update reads its input x only through A·x (r numbers).  This
-script loads a preset's model and a few records of its simulated nodes and prints, at the initial
-adapter:
+script loads the model of a preset on the synthetic triage notes and a few records of its simulated
+nodes and prints, at the initial adapter:
 
 - the per-sample gradient norms of the trained LoRA tensors against ``privacy.max-grad-norm``
   (under Adam, a smaller C changes nothing once every gradient is clipped);
@@ -27,7 +27,7 @@ import torch
 from fedtune.common.adapters import get_adapter_arrays, trainable_parameters
 from fedtune.common.config import load_preset
 from fedtune.common.data.load import triage_instruction
-from fedtune.common.model import add_lora, load_base_model
+from fedtune.common.model import adapted_layer_indices, add_lora, load_base_model
 from fedtune.common.model_cache import ModelSpec
 from fedtune.common.objective import objective_for
 from fedtune.node.process_cache import NodeCache
@@ -69,12 +69,16 @@ def module_inputs(base, prompts: list[list[int]], first_layer: int, modules: lis
     return {k: np.stack(v) for k, v in seen.items()}
 
 
+def lora_a_name(draw, key: str) -> str:
+    """The name of the LoRA A in ``draw`` that adapts module ``key`` (``"<layer>.<path>"``)."""
+    return next(n for n in draw if f"layers.{key}.lora_A" in n)
+
+
 def constant_share(inputs: dict[str, np.ndarray], draw) -> float:
     """Mean over A's rows of mean(A·x)² / mean((A·x)²) across records (1: the same for every record)."""
     shares = []
     for key, x in inputs.items():
-        a = next(v for n, v in draw.items() if f"layers.{key}.lora_A" in n)
-        p = x @ a.T
+        p = x @ draw[lora_a_name(draw, key)].T
         shares += list(p.mean(0) ** 2 / (p ** 2).mean(0))
     return float(np.mean(shares))
 
@@ -83,7 +87,7 @@ def centred(draw, template_inputs: dict[str, np.ndarray]):
     """``draw`` with each A row's component along its module's template input removed, row norms kept."""
     out = dict(draw)
     for key, x in template_inputs.items():
-        name = next(n for n in draw if f"layers.{key}.lora_A" in n)
+        name = lora_a_name(draw, key)
         mu = x[0] / np.linalg.norm(x[0])
         a = draw[name]
         c = a - np.outer(a @ mu, mu)
@@ -97,6 +101,9 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=60)
     args = ap.parse_args()
     cfg, _ = load_preset(args.preset)
+    if cfg.data.source != "synthetic-triage":  # the template below is the triage notes' instruction
+        ap.error(f"{args.preset}: data.source is {cfg.data.source!r}; this diagnostic reads presets on "
+                 "'synthetic-triage' (e.g. simulations/quickstart.toml)")
     cache = NodeCache()
     spec = ModelSpec.of(cfg)
     start = cache.models.initial_adapter(spec)
@@ -112,7 +119,7 @@ def main() -> None:
     template = encoder.encode_prompt([{"role": "system", "content": triage_instruction(cfg.data)},
                                       {"role": "user", "content": ""}])  # public: the instruction, no note
     base = load_base_model(cfg.model)
-    first = base.config.num_hidden_layers - cfg.lora.top_layers if cfg.lora.top_layers else 0
+    first = (adapted_layer_indices(base, cfg.lora.top_layers) or [0])[0]
     inputs = module_inputs(base, [list(e.prompt_ids) for e in records], first, list(cfg.lora.modules))
     template_inputs = module_inputs(base, [template], first, list(cfg.lora.modules))
     peft_draw = get_adapter_arrays(add_lora(base, cfg.lora, cfg.train.seed))  # PEFT's own seeded draw, as before

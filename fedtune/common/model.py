@@ -164,7 +164,7 @@ def add_lora(model, cfg: LoraConfigSection, seed: int, gradient_checkpointing: b
             f"lora.target-modules {missing} not found in the model; it has e.g. "
             f"{sorted(n for n in names if 'proj' in n)[:10]}"
         )
-    adapted = _top_layers(model, cfg.top_layers)
+    adapted = adapted_layer_indices(model, cfg.top_layers)
     lora = LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.modules,
         layers_to_transform=adapted, bias="none", task_type="CAUSAL_LM",
@@ -212,7 +212,7 @@ def _input_requires_grad(_layer, args):
     return None
 
 
-def _top_layers(model, top: int) -> list[int] | None:
+def adapted_layer_indices(model, top: int) -> list[int] | None:
     """Indices of the last ``top`` transformer layers (None = every layer)."""
     if not top:
         return None
